@@ -1,0 +1,33 @@
+"""pyproject.toml, environment.yml and the Makefile describe one environment; verl is the pinned version."""
+
+import re
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_verl_is_the_pinned_version():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "verl==0.9.1" in pyproject["project"]["dependencies"]
+    assert version("verl") == "0.9.1", "the project is tied to verl 0.9.1 internals: re-check them before upgrading"
+
+
+def test_environment_yml_installs_the_project_with_the_makefiles_torch():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-e .[dev]" in pip_section
+    torch_spec = re.search(r"^TORCH_SPEC \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert torch_spec in pip_section
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert requires == ">=3.11" and python == "python=3.11"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme
+    assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")
