@@ -1,0 +1,184 @@
+"""Future-KL: the discounted, masked sum of the policy shift over each token's future (PAPER.md Eq. 6).
+
+    FutureKL_t = sum_{k >= t} M_k * gamma^(k - t) * delta_k,    gamma = 2^(-1/tau)
+
+Three implementations of the same quantity live here:
+
+* :func:`future_kl_reference` builds the dense L x L decay matrix. O(L^2) memory; the test oracle only.
+* :func:`future_kl_listing1` is the paper's Listing 1 (Appendix G): future positions split into chunks of
+  K, accumulating (B, K) x (K, L) matmuls. O(B*L + K*L) memory, O(B*L^2) time; the benchmark baseline.
+* :func:`future_kl` is the production function: the recurrence F_t = x_t + gamma * F_{t+1} solved as a
+  blocked scan. Within a block of K positions a (K x K) upper-triangular decay matmul gives the local sums;
+  the block heads form a sequence of the same kind with decay gamma^K, solved recursively, and each block
+  adds gamma^(K - j) times the total carried in from the block after it. O(B*L*K) time, O(B*L) memory,
+  every matmul fully parallel (a handful of kernels, no Python loop over positions).
+
+No implementation ever forms gamma^(-t): every power used has a non-negative exponent, so powers can only
+underflow (to zero, harmlessly), never overflow, whatever L and tau are.
+
+The ratio filter of FIPO is not applied here: the caller builds ``mask`` (response mask AND ratio <= c).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+__all__ = [
+    "gamma_from_tau",
+    "future_kl",
+    "future_kl_reference",
+    "future_kl_listing1",
+    "discounted_reverse_cumsum",
+]
+
+# 32 measured fastest on CPU (benchmarks/bench_future_kl.py); any K >= 2 gives the same result.
+DEFAULT_CHUNK_SIZE = 32
+
+
+def gamma_from_tau(tau: float) -> float:
+    """Discount factor for a half-life of ``tau`` tokens: gamma = 2^(-1/tau). ``tau = inf`` gives 1 (Eq. 5)."""
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+        raise TypeError(f"tau (the Future-KL half-life in tokens) must be a number, got {type(tau).__name__} {tau!r}")
+    if not tau > 0:  # also rejects NaN
+        raise ValueError(f"tau (the Future-KL half-life in tokens) must be > 0, got {tau!r}")
+    return 2.0 ** (-1.0 / float(tau))
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half-precision inputs are summed in float32; float64 stays float64 (the oracle compares in float64).
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_inputs(delta: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if delta.dim() != 2:
+        raise ValueError(f"delta must be (batch, length), got shape {tuple(delta.shape)}")
+    if not delta.is_floating_point():
+        raise TypeError(f"delta must be a floating-point tensor, got {delta.dtype}")
+    if mask is not None and mask.shape != delta.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match delta shape {tuple(delta.shape)}")
+
+
+def _masked_input(delta: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    x = delta.to(dtype)
+    if mask is None:
+        return x
+    # where(), not multiplication: padding may hold inf/NaN garbage and 0 * inf is NaN.
+    return torch.where(mask.to(torch.bool), x, torch.zeros((), dtype=dtype, device=x.device))
+
+
+def _decay_powers(gamma: float, exponents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """gamma ** exponents for non-negative integer exponents, computed in float64 with subnormals flushed to 0.
+
+    Subnormals would only add error below the float's resolution and can slow CPU matmuls by orders of magnitude.
+    """
+    p = torch.pow(torch.tensor(gamma, dtype=torch.float64, device=exponents.device), exponents.to(torch.float64))
+    p = p.to(dtype)
+    return torch.where(p.abs() < torch.finfo(dtype).tiny, torch.zeros((), dtype=dtype, device=p.device), p)
+
+
+@functools.lru_cache(maxsize=64)
+def _local_decay_matrix(gamma: float, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(size, size) matrix W with W[k, t] = gamma^(k - t) for k >= t, else 0, so that (x @ W)[t] = sum_k>=t."""
+    idx = torch.arange(size, device=device)
+    diff = idx[:, None] - idx[None, :]  # k - t
+    powers = _decay_powers(gamma, diff.clamp(min=0), dtype)
+    return torch.where(diff >= 0, powers, torch.zeros((), dtype=dtype, device=device))
+
+
+@functools.lru_cache(maxsize=64)
+def _tail_powers(gamma: float, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """gamma^(K - j) for j = 0..K-1: the decay from position j of a block to the first position of the next."""
+    return _decay_powers(gamma, torch.arange(size, 0, -1, device=device), dtype)
+
+
+def discounted_reverse_cumsum(x: torch.Tensor, gamma: float, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+    """y_t = sum_{k >= t} gamma^(k - t) x_k along the last dim of a (batch, length) tensor, in x's dtype.
+
+    Blocked scan: intra-block (K x K) matmul, then the block heads are the same problem with decay gamma^K,
+    solved by recursion (depth log_K(L)), and carried back into each block.
+    """
+    if chunk_size < 2:
+        raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
+    batch, length = x.shape
+    if length == 0:
+        return x.clone()
+    dtype, device = x.dtype, x.device
+    if length <= chunk_size:
+        return x @ _local_decay_matrix(gamma, length, dtype, device)
+
+    n_blocks = -(-length // chunk_size)
+    padded = n_blocks * chunk_size
+    if padded != length:
+        # Zeros appended at the end of the future change no earlier sum.
+        x = torch.nn.functional.pad(x, (0, padded - length))
+    blocks = x.view(batch, n_blocks, chunk_size)
+    local = blocks @ _local_decay_matrix(gamma, chunk_size, dtype, device)  # (B, n, K)
+
+    # heads[c] = the local sum at the first position of block c; the sums at the block starts obey
+    # S_c = heads_c + gamma^K * S_{c+1}: the same recurrence one level up.
+    block_gamma = gamma**chunk_size
+    starts = discounted_reverse_cumsum(local[:, :, 0].contiguous(), block_gamma, chunk_size)  # (B, n)
+    # What position j of block c receives from every later block: gamma^(K - j) * S_{c+1}.
+    carried_in = torch.nn.functional.pad(starts[:, 1:], (0, 1))  # S_{c+1}, zero past the last block
+    tail_powers = _tail_powers(gamma, chunk_size, dtype, device)
+    out = torch.addcmul(local, carried_in.unsqueeze(-1), tail_powers)
+    return out.view(batch, padded)[:, :length]
+
+
+def future_kl(
+    delta: torch.Tensor,
+    mask: torch.Tensor | None,
+    tau: float,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Production Future-KL. ``delta``: (batch, length) log-prob shift; ``mask``: bool or 0/1, same shape.
+
+    Returns (batch, length) in float32 (float64 for float64 input) unless ``out_dtype`` says otherwise.
+    Exact (no approximation), O(batch * length) extra memory, for any float dtype and device.
+    """
+    _check_inputs(delta, mask)
+    gamma = gamma_from_tau(tau)
+    dtype = _accumulation_dtype(delta.dtype)
+    result = discounted_reverse_cumsum(_masked_input(delta, mask, dtype), gamma, chunk_size)
+    return result if out_dtype is None else result.to(out_dtype)
+
+
+def future_kl_reference(delta: torch.Tensor, mask: torch.Tensor | None, tau: float) -> torch.Tensor:
+    """O(L^2) oracle: dense decay matrix, float64 throughout. For tests only."""
+    _check_inputs(delta, mask)
+    gamma = gamma_from_tau(tau)
+    x = _masked_input(delta, mask, torch.float64)
+    length = x.shape[1]
+    idx = torch.arange(length, device=x.device, dtype=torch.float64)
+    diff = idx[:, None] - idx[None, :]  # k - t, rows k (future), columns t
+    decay = torch.where(diff >= 0, gamma ** diff.clamp(min=0), torch.zeros((), dtype=torch.float64))
+    return x @ decay
+
+
+def future_kl_listing1(
+    delta: torch.Tensor, mask: torch.Tensor | None, tau: float, chunk_size: int = 128
+) -> torch.Tensor:
+    """The paper's Listing 1: chunks of K future positions, each adding a (B, K) x (K, L) matmul.
+
+    Peak memory O(B*L + K*L), time O(B*L^2). Kept as the benchmark baseline and a second oracle.
+    """
+    _check_inputs(delta, mask)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    gamma = gamma_from_tau(tau)
+    dtype = _accumulation_dtype(delta.dtype)
+    x = _masked_input(delta, mask, dtype)
+    batch, length = x.shape
+    out = torch.zeros(batch, length, dtype=dtype, device=x.device)
+    t = torch.arange(length, device=x.device)
+    for start in range(0, length, chunk_size):
+        end = min(start + chunk_size, length)
+        k = torch.arange(start, end, device=x.device)
+        diff = k[:, None] - t[None, :]  # (K, L): k - t
+        block = torch.where(diff >= 0, _decay_powers(gamma, diff.clamp(min=0), dtype), 0.0)
+        out += x[:, start:end] @ block
+    return out
+
