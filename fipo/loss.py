@@ -1,0 +1,285 @@
+"""The FIPO policy loss (PAPER.md Eq. 3-8), pure torch: per-token loss, final token mask and metrics.
+
+Aggregation to a scalar is left to the caller (the verl plugin uses verl's own ``agg_loss`` with the global
+batch info), so that there is exactly one implementation of token-mean & co. in a training run.
+
+Per token, with A the (DAPO/GRPO) advantage and r = exp(clamp(logp - old_logp, -20, 20)):
+
+1. M = response_mask & (r <= filter_threshold)             (ratio filter; off: M = response_mask)
+2. FutureKL = sum_{k>=t} M_k gamma^(k-t) delta_k, gamma = 2^(-1/tau)   (fipo.future_kl, detached input)
+3. f = clip(exp(FutureKL), 1 - f_clip_low, 1 + f_clip_high), detached
+4. safety rule where A < 0 and r > safety_threshold: f = 1 (``reset``, paper) or clamp(f, 0.8, 1) (``clamp``,
+   official code)
+5. A~ = A * f goes into the PPO clip (clip_ratio_low, clip_ratio_high) with dual clip c for A < 0,
+   exactly as verl's ``vanilla`` loss does with A.
+6. optional (official code, off by default): drop every response with more than one dual-clipped token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from fipo.future_kl import DEFAULT_CHUNK_SIZE, discounted_reverse_cumsum, gamma_from_tau
+
+__all__ = ["FIPOParams", "FIPOLossOutput", "NonFiniteInputError", "fipo_policy_loss", "METRIC_NAMES"]
+
+# verl's vanilla loss clamps the log-ratio to this range before exp(); so does the official FIPO code.
+LOG_RATIO_CLAMP = 20.0
+# The official code's safety clamp for negative-advantage tokens with an excessive ratio.
+SAFETY_CLAMP_RANGE = (0.8, 1.0)
+SAFETY_MODES = ("reset", "clamp")
+
+
+class NonFiniteInputError(ValueError):
+    """Raised when a log-prob or advantage on a response token is NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class FIPOParams:
+    """The knobs of the FIPO loss. Defaults are the paper's 32B run (Table 2)."""
+
+    clip_ratio_low: float = 0.2  # PPO epsilon_low
+    clip_ratio_high: float = 0.28  # PPO epsilon_high (DAPO clip-higher)
+    clip_ratio_c: float = 10.0  # dual-clip constant c for negative advantages
+    tau: float = 32.0  # Future-KL half-life in tokens: gamma = 2^(-1/tau)
+    f_clip_low: float = 0.0  # influence weight lower bound is 1 - f_clip_low  (32B: [1.0, 1.2])
+    f_clip_high: float = 0.2  # influence weight upper bound is 1 + f_clip_high
+    filter_ratio: bool = True  # ratio filter M_k = 1[r_k <= filter_threshold] inside Future-KL
+    filter_threshold: float | None = None  # None: the dual-clip constant c (the paper's choice)
+    safety_threshold: float = 10.0  # ratio above which negative-advantage tokens get the safety rule
+    safety_mode: str = "reset"  # "reset" (paper: f = 1) or "clamp" (official code: f in [0.8, 1])
+    drop_multi_dual_clip: bool = False  # official code: drop responses with > 1 dual-clipped token
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # block size of the Future-KL scan (speed only, not the result)
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> ValueError:
+            return ValueError(f"FIPO loss: {key}={getattr(self, key)!r} is invalid: {why}")
+
+        for key in ("clip_ratio_low", "clip_ratio_high", "f_clip_low", "f_clip_high"):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and value >= 0):
+                raise bad(key, "must be a number >= 0")
+        if self.clip_ratio_low >= 1:
+            raise bad("clip_ratio_low", "must be < 1 (the lower ratio bound is 1 - clip_ratio_low)")
+        if self.f_clip_low > 1:
+            raise bad("f_clip_low", "must be <= 1 (the lower influence-weight bound is 1 - f_clip_low)")
+        if not self.clip_ratio_c > 1:
+            raise bad("clip_ratio_c", "the dual-clip constant must be > 1 (verl asserts the same)")
+        try:
+            gamma_from_tau(self.tau)
+        except (TypeError, ValueError):
+            raise bad("tau", "the half-life must be a number > 0 (math.inf means no discount)") from None
+        if self.filter_threshold is not None and not self.filter_threshold > 0:
+            raise bad("filter_threshold", "must be > 0, or None for the dual-clip constant c")
+        if not self.safety_threshold > 0:
+            raise bad("safety_threshold", "must be > 0")
+        if self.safety_mode not in SAFETY_MODES:
+            raise bad("safety_mode", f"allowed values: {', '.join(SAFETY_MODES)}")
+        if not (isinstance(self.chunk_size, int) and self.chunk_size >= 2):
+            raise bad("chunk_size", "must be an integer >= 2")
+
+    @property
+    def effective_filter_threshold(self) -> float:
+        return self.clip_ratio_c if self.filter_threshold is None else self.filter_threshold
+
+    @property
+    def f_bounds(self) -> tuple[float, float]:
+        return 1.0 - self.f_clip_low, 1.0 + self.f_clip_high
+
+
+# Metric names line up with verl's (actor/pg_clipfrac, actor/ppo_kl, actor/pg_clipfrac_lower) and with the
+# official FIPO code (actor/influence_weights_*, actor/IW_*_clip_ratio).
+METRIC_NAMES = (
+    "actor/pg_clipfrac",  # policy (PPO) clip fraction
+    "actor/ppo_kl",  # policy KL: mean of old_logp - logp
+    "actor/pg_clipfrac_lower",  # dual-clip fraction
+    "actor/influence_weights_mean",  # f after clipping and the safety rule
+    "actor/influence_weights_min",
+    "actor/influence_weights_max",
+    "actor/influence_weights_raw_mean",  # exp(FutureKL) before clipping (saturates at float32 max)
+    "actor/influence_weights_raw_min",
+    "actor/influence_weights_raw_max",
+    "actor/IW_overall_clip_ratio",  # fraction of tokens whose exp(FutureKL) lies outside the f bounds
+    "actor/IW_upper_clip_ratio",
+    "actor/IW_lower_clip_ratio",
+    "actor/future_kl_mean",
+    "actor/fipo_filtered_frac",  # fraction of response tokens removed from Future-KL by the ratio filter
+    "actor/fipo_safety_frac",  # fraction of response tokens hit by the safety rule
+    "actor/fipo_dropped_seq_frac",  # fraction of responses dropped by the dual-clip rule
+)
+
+
+@dataclass
+class FIPOLossOutput:
+    loss_mat: torch.Tensor  # (batch, length) per-token loss, to aggregate over ``loss_mask``
+    loss_mask: torch.Tensor  # (batch, length) bool: response mask less dropped responses
+    metrics: dict[str, float]
+    influence_weights: torch.Tensor  # (batch, length) f, detached (for per-token dumps)
+    future_kl: torch.Tensor  # (batch, length) FutureKL, detached
+
+
+def fipo_policy_loss(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    params: FIPOParams = FIPOParams(),
+    rollout_is_weights: torch.Tensor | None = None,
+) -> FIPOLossOutput:
+    """The FIPO per-token policy loss. All tensors are (batch, response_length); the mask is bool or 0/1.
+
+    Gradients flow through ``log_prob`` via the importance ratio only; the influence weight is detached.
+    Raises :class:`NonFiniteInputError` if a log-prob or advantage is NaN or infinite (padding included:
+    verl pads with finite values, and a non-finite pad would poison the masked sums).
+    """
+    shape = log_prob.shape
+    for name, t in (("old_log_prob", old_log_prob), ("advantages", advantages), ("response_mask", response_mask)):
+        if t.shape != shape:
+            raise ValueError(f"FIPO loss: {name} has shape {tuple(t.shape)}, log_prob has {tuple(shape)}")
+    if log_prob.dim() != 2:
+        raise ValueError(f"FIPO loss: tensors must be (batch, response_length), got shape {tuple(shape)}")
+    mask = response_mask.to(torch.bool)
+    # On CPU, boolean kernels (where, masked_fill, bool*float) cost 5-20x a float multiply in this torch build,
+    # so masks are applied by multiplication and counted with count_nonzero: the loss must stay within 1.5x
+    # of verl's vanilla loss (benchmarks/bench_future_kl.py).
+    maskf = mask.to(torch.float32)
+
+    log_ratio_unclamped = log_prob - old_log_prob
+    log_ratio = torch.clamp(log_ratio_unclamped, min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    log_ratio_d, ratio_d = log_ratio.detach().float(), ratio.detach().float()
+
+    # Future-KL over the tokens that pass the ratio filter (Eq. 5-6).
+    if params.filter_ratio:
+        keep = mask & (ratio_d <= params.effective_filter_threshold)
+        keepf = keep.to(torch.float32)
+    else:
+        keep, keepf = mask, maskf
+    fkl = discounted_reverse_cumsum(log_ratio_d * keepf, gamma_from_tau(params.tau), params.chunk_size)
+    raw_weight = torch.exp(fkl)  # may overflow to inf for an unfiltered runaway future: clamp() handles it
+    low, high = params.f_bounds
+    weight = raw_weight.clamp(min=low, max=high)
+
+    # Safety rule for negative-advantage tokens with an excessive ratio (Eq. 7 and the text after it).
+    # lerp with a 0/1 weight returns exactly one of its ends.
+    negative = advantages < 0  # f > 0, so this is also the sign of A~; verl tests A
+    unsafe = negative & (ratio_d > params.safety_threshold) & mask
+    target = torch.ones_like(weight) if params.safety_mode == "reset" else weight.clamp(*SAFETY_CLAMP_RANGE)
+    weight = torch.lerp(weight, target, unsafe.to(weight.dtype))
+    weighted_adv = advantages * weight.to(advantages.dtype)  # the weight is a weight, never a gradient path
+
+    # PPO clip with dual clip, term for term as verl's vanilla loss with A replaced by A~.
+    lo, hi = 1 - params.clip_ratio_low, 1 + params.clip_ratio_high
+    pg_losses1 = -weighted_adv * ratio
+    pg_losses2 = -weighted_adv * torch.clamp(ratio, lo, hi)
+    clip_pg_losses1 = torch.maximum(pg_losses1, pg_losses2)
+    pg_losses3 = -weighted_adv * params.clip_ratio_c
+    pg_losses = torch.where(negative, torch.minimum(pg_losses3, clip_pg_losses1), clip_pg_losses1)
+    if rollout_is_weights is not None:
+        pg_losses = pg_losses * rollout_is_weights
+
+    with torch.no_grad():
+        dual_clipped = (clip_pg_losses1 > pg_losses3) & negative & mask
+        loss_mask, dropped_rows = mask, None
+        if params.drop_multi_dual_clip:
+            dropped_rows = dual_clipped.sum(dim=-1) > 1
+            loss_mask = mask & ~dropped_rows.unsqueeze(-1)
+        flat_mask = maskf.view(-1)
+        sums = torch.stack(
+            # Masked sums as dot products: no temporaries (allocation dominates at these sizes on CPU).
+            [torch.dot(t.reshape(-1), flat_mask) for t in (log_ratio_d, weight, raw_weight.clamp(max=_FLOAT32_MAX), fkl)]
+            # NaN/inf anywhere in the inputs makes one of these two sums non-finite.
+            + [log_ratio_unclamped.detach().sum().float(), advantages.detach().sum().float()]
+        )
+        counts = torch.stack(
+            [
+                torch.count_nonzero(t)
+                for t in (
+                    mask,
+                    keep,
+                    unsafe,
+                    dual_clipped,
+                    (pg_losses2 > pg_losses1) & mask,
+                    (raw_weight > high) & mask,
+                    (raw_weight < low) & mask,
+                )
+            ]
+        )
+        extremes = _masked_extremes(maskf, weight, raw_weight)
+        dropped = _dropped_sequences(mask, dropped_rows)
+        values = torch.cat((sums, counts.float(), extremes, dropped)).tolist()
+    if not (math.isfinite(values[4]) and math.isfinite(values[5])):
+        raise NonFiniteInputError(
+            _describe_nonfinite(mask, log_prob=log_prob, old_log_prob=old_log_prob, advantages=advantages)
+        )
+    return FIPOLossOutput(pg_losses, loss_mask, _metrics_dict(values, low, high), weight.detach(), fkl)
+
+
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def _masked_extremes(maskf: torch.Tensor, weight: torch.Tensor, raw_weight: torch.Tensor) -> torch.Tensor:
+    """[max f, max exp(FKL), min f, min exp(FKL)] over response tokens, without boolean selects.
+
+    Both are >= 0, so padding multiplied to 0 never wins a max; padding pushed up by float32's max never wins
+    a min. A runaway exp(FutureKL) is reported as float32's max, not inf.
+    """
+    flat = maskf.view(-1)
+    pad_push = (1 - flat) * _FLOAT32_MAX
+    pair = (weight.reshape(-1), raw_weight.reshape(-1).clamp(max=_FLOAT32_MAX))
+    return torch.stack([(t * flat).amax() for t in pair] + [(t + pad_push).amin() for t in pair])
+
+
+def _dropped_sequences(mask: torch.Tensor, dropped_rows: torch.Tensor | None) -> torch.Tensor:
+    """[responses dropped by the dual-clip rule, responses with at least one token]."""
+    if dropped_rows is None:
+        return torch.zeros(2, device=mask.device)
+    has_tokens = mask.any(dim=-1)
+    return torch.stack((torch.count_nonzero(dropped_rows & has_tokens), torch.count_nonzero(has_tokens))).float()
+
+
+def _metrics_dict(values: list[float], low: float, high: float) -> dict[str, float]:
+    """Turn the single host transfer into verl-style metrics. Means use verl's convention:
+    sum / (count + 1e-8), so an empty micro-batch gives 0 rather than NaN."""
+    (lr_s, w_s, raw_s, fkl_s, _probe_lr, _probe_adv,
+     n, kept, unsafe, dual, clipped, above, below,
+     w_max, raw_max, w_min, raw_min, n_dropped, n_rows) = values  # fmt: skip
+    denom = n + 1e-8
+    metrics = {
+        "actor/pg_clipfrac": clipped / denom,
+        "actor/ppo_kl": -lr_s / denom,
+        "actor/pg_clipfrac_lower": dual / denom,
+        "actor/influence_weights_mean": w_s / denom,
+        "actor/influence_weights_min": w_min,
+        "actor/influence_weights_max": w_max,
+        "actor/influence_weights_raw_mean": raw_s / denom,
+        "actor/influence_weights_raw_min": raw_min,
+        "actor/influence_weights_raw_max": raw_max,
+        "actor/IW_overall_clip_ratio": (above + below) / denom,
+        "actor/IW_upper_clip_ratio": above / denom,
+        "actor/IW_lower_clip_ratio": below / denom,
+        "actor/future_kl_mean": fkl_s / denom,
+        "actor/fipo_filtered_frac": (n - kept) / denom,
+        "actor/fipo_safety_frac": unsafe / denom,
+        "actor/fipo_dropped_seq_frac": n_dropped / (n_rows + 1e-8),
+    }
+    if n == 0:
+        # No response token in this micro-batch: report the neutral weight, not the padding sentinels.
+        for key in metrics:
+            if key.endswith(("_min", "_max")):
+                metrics[key] = 1.0
+    return metrics
+
+
+def _describe_nonfinite(mask: torch.Tensor, **tensors: torch.Tensor) -> str:
+    """The error path only: count NaN/inf per input, on response tokens and on padding."""
+    parts = []
+    for name, t in tensors.items():
+        bad = ~torch.isfinite(t)
+        on_tokens, on_padding = int((bad & mask).sum()), int((bad & ~mask).sum())
+        if on_tokens or on_padding:
+            parts.append(f"{name}: {on_tokens} response tokens, {on_padding} padding positions")
+    return "FIPO loss: NaN/inf in the inputs (" + "; ".join(parts) + "); refusing to compute the loss"
