@@ -1,0 +1,5 @@
+import sys
+
+from fipo.cli import main
+
+sys.exit(main())

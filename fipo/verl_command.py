@@ -1,0 +1,152 @@
+"""Render an experiment spec to the stock verl command: ``python -m verl.trainer.main_ppo`` + Hydra overrides.
+
+Every key below exists in verl 0.9.1's ppo_trainer config tree, except those written with ``+`` (verl has no
+slot for them: the FIPO knobs on our PolicyLossConfig subclass, the dapo reward manager's kwargs, the model's
+config overrides). tests/test_verl_command.py composes every paper experiment against the installed verl's own
+config tree and instantiates the actor config, so a misspelt key fails there, not on a cluster.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fipo.data import dataset_path
+from fipo.experiment import Experiment
+
+VERL_ENTRY = ("python", "-m", "verl.trainer.main_ppo")
+FIPO_CONFIG_TARGET = "fipo.verl_plugin.FIPOPolicyLossConfig"
+POLICY_LOSS = "actor_rollout_ref.actor.policy_loss"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run writes: checkpoints, the metrics JSONL (verl's file logger) and per-token dumps."""
+
+    run_dir: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    @property
+    def token_dump(self) -> Path:
+        return self.run_dir / "token_dump.jsonl"
+
+
+def hydra_value(value: Any) -> str:
+    """A Python value as Hydra override syntax."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    text = str(value)
+    if any(c in text for c in " ,=[]{}()'\"\\:$*?"):
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text
+
+
+def verl_overrides(exp: Experiment, *, data_dir: Path, run: RunPaths, ray_address: str | None = None) -> list[str]:
+    """The Hydra overrides that run ``exp`` with stock verl (one ``key=value`` string each)."""
+    seed = exp.trainer.seed
+    items: list[tuple[str, Any]] = [
+        # algorithm: GRPO advantages, no KL in the reward, DAPO dynamic sampling
+        ("algorithm.adv_estimator", exp.algorithm.adv_estimator),
+        ("algorithm.norm_adv_by_std_in_grpo", exp.algorithm.norm_adv_by_std),
+        ("algorithm.use_kl_in_reward", False),
+        ("algorithm.filter_groups.enable", exp.algorithm.filter_groups),
+        ("algorithm.filter_groups.metric", exp.algorithm.filter_metric),
+        ("algorithm.filter_groups.max_num_gen_batches", exp.algorithm.max_num_gen_batches),
+        # data
+        ("data.train_files", [str(dataset_path(exp.data.train, data_dir))]),
+        ("data.val_files", [str(dataset_path(name, data_dir)) for name in exp.data.val]),
+        ("data.prompt_key", "prompt"),
+        ("data.max_prompt_length", exp.data.max_prompt_length),
+        ("data.max_response_length", exp.data.max_response_length),
+        ("data.train_batch_size", exp.data.train_batch_size),
+        ("data.gen_batch_size", exp.data.gen_batch_size),
+        ("data.truncation", "left"),
+        ("data.seed", seed),
+        # model
+        ("actor_rollout_ref.model.path", exp.model.path),
+        # actor
+        ("actor_rollout_ref.actor.optim.lr", exp.policy.lr),
+        ("actor_rollout_ref.actor.optim.lr_warmup_steps", exp.policy.lr_warmup_steps),
+        ("actor_rollout_ref.actor.optim.lr_scheduler_type", exp.policy.lr_scheduler),
+        ("actor_rollout_ref.actor.optim.weight_decay", exp.policy.weight_decay),
+        ("actor_rollout_ref.actor.optim.clip_grad", exp.policy.grad_clip),
+        ("actor_rollout_ref.actor.ppo_mini_batch_size", exp.policy.ppo_mini_batch_size),
+        ("actor_rollout_ref.actor.ppo_epochs", exp.policy.ppo_epochs),
+        ("actor_rollout_ref.actor.clip_ratio_low", exp.policy.clip_ratio_low),
+        ("actor_rollout_ref.actor.clip_ratio_high", exp.policy.clip_ratio_high),
+        ("actor_rollout_ref.actor.clip_ratio_c", exp.policy.clip_ratio_c),
+        ("actor_rollout_ref.actor.loss_agg_mode", exp.policy.loss_agg_mode),
+        ("actor_rollout_ref.actor.use_kl_loss", exp.policy.kl_loss_coef > 0),
+        ("actor_rollout_ref.actor.kl_loss_coef", exp.policy.kl_loss_coef),
+        ("actor_rollout_ref.actor.entropy_coeff", exp.policy.entropy_coeff),
+        ("actor_rollout_ref.actor.data_loader_seed", seed),
+        (f"{POLICY_LOSS}.loss_mode", exp.policy.loss),
+        # rollout (training samples) and validation sampling (AIME: n = 32, temperature 1.0, top-p 0.7)
+        ("actor_rollout_ref.rollout.name", exp.rollout.engine),
+        ("actor_rollout_ref.rollout.n", exp.rollout.n),
+        ("actor_rollout_ref.rollout.temperature", exp.rollout.temperature),
+        ("actor_rollout_ref.rollout.top_p", exp.rollout.top_p),
+        ("actor_rollout_ref.rollout.seed", seed),
+        ("actor_rollout_ref.rollout.val_kwargs.n", exp.validation.n),
+        ("actor_rollout_ref.rollout.val_kwargs.temperature", exp.validation.temperature),
+        ("actor_rollout_ref.rollout.val_kwargs.top_p", exp.validation.top_p),
+        ("actor_rollout_ref.rollout.val_kwargs.do_sample", True),
+        # reward: rule-based math_dapo scoring with DAPO's overlong shaping
+        ("reward.reward_manager.name", exp.reward.manager),
+        ("+reward.reward_kwargs.overlong_buffer_cfg.enable", exp.reward.overlong_buffer),
+        ("+reward.reward_kwargs.overlong_buffer_cfg.len", exp.reward.overlong_buffer_len),
+        ("+reward.reward_kwargs.overlong_buffer_cfg.penalty_factor", exp.reward.overlong_penalty),
+        ("+reward.reward_kwargs.overlong_buffer_cfg.log", False),
+        ("+reward.reward_kwargs.max_resp_len", exp.data.max_response_length),
+        # trainer: metrics to console + JSONL (path via VERL_FILE_LOGGER_PATH), checkpoints, resume
+        ("trainer.logger", ["console", "file"]),
+        ("trainer.project_name", exp.trainer.project_name),
+        ("trainer.experiment_name", exp.run_id),
+        ("trainer.nnodes", exp.trainer.nnodes),
+        ("trainer.n_gpus_per_node", exp.trainer.n_gpus_per_node),
+        ("trainer.device", exp.trainer.device),
+        ("trainer.total_training_steps", exp.trainer.total_training_steps),
+        ("trainer.test_freq", exp.validation.test_freq),
+        ("trainer.val_before_train", exp.validation.before_train),
+        ("trainer.save_freq", exp.trainer.save_freq),
+        ("trainer.default_local_dir", str(run.checkpoints)),
+        ("trainer.resume_mode", "auto"),
+    ]
+    if exp.model.max_position_embeddings is not None:
+        items.append(("+actor_rollout_ref.model.override_config.max_position_embeddings", exp.model.max_position_embeddings))
+    if exp.model.rope_theta is not None:
+        items.append(("+actor_rollout_ref.model.override_config.rope_theta", exp.model.rope_theta))
+    if exp.policy.loss == "fipo":
+        items.append((f"{POLICY_LOSS}._target_", FIPO_CONFIG_TARGET))
+        items += [(f"+{POLICY_LOSS}.{key}", value) for key, value in exp.fipo_loss_knobs().items()]
+        if exp.fipo.dump_every > 0:
+            items += [(f"+{POLICY_LOSS}.dump_path", str(run.token_dump)), (f"+{POLICY_LOSS}.dump_every", exp.fipo.dump_every)]
+    if ray_address:
+        items.append(("+ray_kwargs.ray_init.address", ray_address))
+    items += sorted(exp.engine.items())
+    return [f"{key}={hydra_value(value)}" for key, value in items]
+
+
+def verl_environment(run: RunPaths) -> dict[str, str]:
+    """Environment the verl driver needs: where its `file` logger writes the metrics JSONL."""
+    return {"VERL_FILE_LOGGER_PATH": str(run.metrics)}
+
+
+def command_line(overrides: list[str]) -> str:
+    """One shell line: ``python -m verl.trainer.main_ppo`` followed by the overrides, shell-quoted."""
+    return " ".join(shlex.quote(part) for part in (*VERL_ENTRY, *overrides))

@@ -1,0 +1,48 @@
+"""The `python -m fipo` command line, run as users run it (subprocesses)."""
+
+import shlex
+import subprocess
+import sys
+
+
+def fipo(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "fipo", *args], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_dry_run_prints_the_full_verl_command_as_one_line():
+    out = fipo("train", "--preset", "qwen2.5-32b", "--experiment", "fipo", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m verl.trainer.main_ppo ")
+    words = shlex.split(lines[0])
+    assert "actor_rollout_ref.actor.policy_loss.loss_mode=fipo" in words
+    assert "+actor_rollout_ref.actor.policy_loss.tau=32.0" in words
+    assert "VERL_FILE_LOGGER_PATH=results/qwen2.5-32b/runs/fipo/metrics.jsonl" in out.stderr
+
+
+def test_experiments_lists_one_name_per_line():
+    out = fipo("experiments", "--preset", "qwen2.5-7b-math")
+    assert out.returncode == 0
+    assert out.stdout.splitlines()[:3] == ["grpo", "dapo", "fipo"]
+    assert "fipo-tau256" in out.stdout.splitlines()
+
+
+def test_unknown_names_fail_with_the_allowed_values():
+    out = fipo("train", "--preset", "qwen2.5-32b", "--experiment", "fipo-tau8", "--dry-run")
+    assert out.returncode == 2 and "allowed: dapo, grpo, fipo" in out.stderr
+    out = fipo("experiments", "--preset", "llama")
+    assert out.returncode == 2 and "unknown preset 'llama'" in out.stderr
+
+
+def test_train_without_data_fails_before_starting_verl(tmp_path):
+    out = fipo("train", "--preset", "qwen2.5-32b", "--experiment", "dapo", "--data-dir", str(tmp_path),
+               "--results-dir", str(tmp_path / "results"))
+    assert out.returncode == 2
+    assert "dapo-math-17k" in out.stderr and "python -m fipo data dapo" in out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_tables_command_writes_the_spec_tables(tmp_path):
+    out = fipo("tables", "--out", str(tmp_path))
+    assert out.returncode == 0
+    assert (tmp_path / "table2.md").is_file() and (tmp_path / "table3.csv").is_file()

@@ -1,0 +1,136 @@
+"""Every paper experiment's rendered overrides compose against the installed verl's own config tree, the
+actor config instantiates as verl's workers do, and the composed values are the spec's."""
+
+import os
+from pathlib import Path
+
+import pytest
+import verl
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+from fipo.experiment import list_experiments, load_experiment
+from fipo.verl_command import RunPaths, command_line, hydra_value, verl_overrides
+from fipo.verl_plugin import FIPOPolicyLossConfig
+
+VERL_CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+PAPER_PRESETS = ["qwen2.5-32b", "qwen2.5-7b-math"]
+CASES = [(preset, name) for preset in PAPER_PRESETS for name in list_experiments(preset)]
+RUN = RunPaths(Path("/runs/x"))
+
+
+@pytest.fixture(scope="module")
+def hydra():
+    with initialize_config_dir(config_dir=VERL_CONFIG_DIR, version_base=None):
+        yield
+
+
+def compose_overrides(overrides):
+    return compose(config_name="ppo_trainer", overrides=overrides)
+
+
+@pytest.mark.parametrize("preset, name", CASES)
+def test_experiment_composes_and_instantiates_with_its_values(hydra, preset, name):
+    exp = load_experiment(preset, name)
+    cfg = compose_overrides(verl_overrides(exp, data_dir=Path("/data"), run=RUN))
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)  # what verl's workers do
+    validate_config(cfg, use_reference_policy=False, use_critic=False)  # what main_ppo does
+
+    loss = actor.policy_loss
+    assert loss.loss_mode == exp.policy.loss
+    assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.clip_ratio_c) == (
+        exp.policy.clip_ratio_low,
+        exp.policy.clip_ratio_high,
+        exp.policy.clip_ratio_c,
+    )
+    assert actor.ppo_mini_batch_size == exp.policy.ppo_mini_batch_size
+    assert actor.loss_agg_mode == exp.policy.loss_agg_mode
+    assert actor.optim.lr == exp.policy.lr and actor.optim.clip_grad == exp.policy.grad_clip
+    assert actor.use_kl_loss is False
+    if exp.policy.loss == "fipo":
+        assert isinstance(loss, FIPOPolicyLossConfig)
+        assert loss.tau == exp.fipo.tau
+        assert (1 - loss.f_clip_low, 1 + loss.f_clip_high) == pytest.approx(tuple(exp.fipo.f_clip_range))
+        assert loss.filter_ratio == exp.fipo.filter_ratio
+        assert loss.safety_threshold == exp.fipo.safety_threshold
+    else:
+        assert not isinstance(loss, FIPOPolicyLossConfig)
+
+    rollout = cfg.actor_rollout_ref.rollout
+    assert rollout.n == exp.rollout.n and rollout.name == "vllm"
+    assert (rollout.temperature, rollout.top_p) == (1.0, 1.0)
+    assert (rollout.val_kwargs.n, rollout.val_kwargs.temperature, rollout.val_kwargs.top_p) == (32, 1.0, 0.7)
+    assert rollout.val_kwargs.do_sample is True
+    assert cfg.data.max_prompt_length == exp.data.max_prompt_length
+    assert cfg.data.max_response_length == exp.data.max_response_length
+    assert list(cfg.data.val_files) == ["/data/aime2024.parquet"]
+    assert cfg.reward.reward_manager.name == "dapo"
+    overlong = cfg.reward.reward_kwargs.overlong_buffer_cfg
+    assert overlong.enable == exp.reward.overlong_buffer and overlong.len == exp.reward.overlong_buffer_len
+    assert cfg.reward.reward_kwargs.max_resp_len == exp.data.max_response_length
+    assert cfg.algorithm.filter_groups.enable == (exp.method != "grpo")
+    assert cfg.algorithm.filter_groups.metric == "acc"
+    assert cfg.algorithm.adv_estimator == "grpo" and cfg.algorithm.use_kl_in_reward is False
+    assert list(cfg.trainer.logger) == ["console", "file"]
+    assert cfg.trainer.default_local_dir == "/runs/x/checkpoints"
+    assert cfg.trainer.resume_mode == "auto"
+    assert (cfg.trainer.test_freq, cfg.trainer.save_freq) == (5, 5)
+    assert cfg.data.seed == exp.trainer.seed == cfg.actor_rollout_ref.rollout.seed
+
+
+def test_paper_values_of_the_key_runs(hydra):
+    big = compose_overrides(verl_overrides(load_experiment("qwen2.5-32b", "fipo"), data_dir=Path("d"), run=RUN))
+    assert big.actor_rollout_ref.actor.ppo_mini_batch_size == 64 and big.data.train_batch_size == 512
+    assert big.actor_rollout_ref.actor.policy_loss.f_clip_low == 0.0  # [1.0, 1.2]
+    assert big.reward.reward_kwargs.overlong_buffer_cfg.len == 4096
+    dapo = compose_overrides(verl_overrides(load_experiment("qwen2.5-32b", "dapo"), data_dir=Path("d"), run=RUN))
+    assert dapo.actor_rollout_ref.actor.ppo_mini_batch_size == 32
+    seven = compose_overrides(verl_overrides(load_experiment("qwen2.5-7b-math", "fipo"), data_dir=Path("d"), run=RUN))
+    assert seven.actor_rollout_ref.rollout.n == 32 and seven.data.max_response_length == 10240
+    assert seven.actor_rollout_ref.model.override_config.max_position_embeddings == 32768
+    assert seven.actor_rollout_ref.actor.policy_loss.f_clip_low == pytest.approx(0.2)  # [0.8, 1.2]
+    assert seven.actor_rollout_ref.actor.policy_loss.safety_threshold == 3.0
+    raw = compose_overrides(verl_overrides(load_experiment("qwen2.5-32b", "fipo-raw"), data_dir=Path("d"), run=RUN))
+    assert raw.actor_rollout_ref.actor.policy_loss.filter_ratio is False
+
+
+def test_a_misspelt_verl_key_fails_to_compose(hydra):
+    overrides = verl_overrides(load_experiment("qwen2.5-32b", "fipo"), data_dir=Path("d"), run=RUN)
+    compose_overrides(overrides)  # the real list composes...
+    bad = [o.replace("actor_rollout_ref.actor.clip_ratio_high=", "actor_rollout_ref.actor.clip_ratio_hihg=") for o in overrides]
+    assert bad != overrides
+    with pytest.raises(ConfigCompositionException, match="clip_ratio_hihg"):
+        compose_overrides(bad)  # ... a misspelt one does not
+
+
+def test_a_misspelt_fipo_knob_fails_at_instantiation(hydra):
+    overrides = verl_overrides(load_experiment("qwen2.5-32b", "fipo"), data_dir=Path("d"), run=RUN)
+    bad = [o.replace("policy_loss.tau=", "policy_loss.tua=") for o in overrides]
+    cfg = compose_overrides(bad)  # '+' keys compose whatever their name...
+    with pytest.raises(Exception, match="tua"):
+        omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)  # ... the dataclass rejects the unknown field
+
+
+def test_command_line_is_one_shell_line_that_round_trips():
+    import shlex
+
+    overrides = verl_overrides(load_experiment("qwen2.5-32b", "fipo"), data_dir=Path("my data"), run=RUN)
+    line = command_line(overrides)
+    assert "\n" not in line and line.startswith("python -m verl.trainer.main_ppo ")
+    assert shlex.split(line)[3:] == overrides
+
+
+def test_ray_address_for_an_existing_cluster(hydra):
+    exp = load_experiment("qwen2.5-32b", "fipo")
+    cfg = compose_overrides(verl_overrides(exp, data_dir=Path("d"), run=RUN, ray_address="10.0.0.1:6379"))
+    assert cfg.ray_kwargs.ray_init.address == "10.0.0.1:6379"
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [(True, "true"), (None, "null"), (1e-6, "1e-06"), (["a", "b"], "[a,b]"), ("Qwen/Qwen2.5-32B", "Qwen/Qwen2.5-32B"),
+     ("a b", "'a b'"), ("x=y", "'x=y'")],
+)
+def test_hydra_value_formatting(value, text):
+    assert hydra_value(value) == text
