@@ -1,5 +1,7 @@
 import os
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Fresh random inputs on every run (no derandomize); failures print the reproducing seed and example.
@@ -11,3 +13,15 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("default")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> dict[str, Path]:
+    """The tiny preset's data and warm-started base model, built once per test session (~30 s)."""
+    from fipo.tiny import build_tiny_base_model, prepare_tiny_data
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    data_dir, results_dir = root / "data", root / "results"
+    prepare_tiny_data(data_dir)
+    model = build_tiny_base_model(results_dir / "tiny" / "base_model", log=lambda msg: None)
+    return {"root": root, "data": data_dir, "results": results_dir, "model": model}
