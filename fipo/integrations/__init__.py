@@ -1,0 +1,1 @@
+"""Integrations with verl internals that have no public hook (kept in one module each)."""

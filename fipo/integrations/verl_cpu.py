@@ -1,0 +1,478 @@
+"""CPU support for stock verl 0.9.1: a CPU platform and a transformers rollout named ``hf``.
+
+verl has no CPU platform and only vLLM/SGLang/TRT-LLM rollouts, so ``python -m verl.trainer.main_ppo`` cannot
+train without a GPU. This module fills both gaps through verl's own hooks, for laptops and CI:
+
+* ``PlatformCPU`` registered with ``PlatformRegistry`` and selected with ``VERL_PLATFORM=cpu``;
+* a rollout replica registered with ``RolloutReplicaRegistry`` under ``hf``: a Ray actor that samples with
+  transformers ``generate`` and returns per-token log-probs, and the trainer-side adapter (``("hf", "async")``)
+  that copies the FSDP2 actor's full weights into that actor on every weight sync.
+
+It is loaded only when a run asks for it (``VERL_USE_EXTERNAL_MODULES=fipo.integrations.verl_cpu``, set by
+:func:`cpu_environment`), in the driver and in every Ray worker. Every contact with verl internals that have
+no public hook lives here and nowhere else:
+
+1. ``verl.workers.rollout.base._ROLLOUT_REGISTRY`` — a private dict with no register function;
+2. verl's process-group init asks for ``cpu:gloo,<device>:<backend>``, which on a CPU platform names the cpu
+   device twice; ``torch.distributed.init_process_group`` is wrapped to collapse the duplicate;
+3. the sync trainer's replay buffer polls for finished rollouts every 2 s, a fixed interval verl does not
+   expose: a tiny CPU step generates in well under a second, so 2-6 s of every step were waiting. The
+   ``QuickPollReplayBuffer`` below is plugged in through verl's custom-sampler hook and polls every 50 ms.
+
+Both tie this module to verl 0.9.1: importing it under any other verl version raises at once (and CI imports
+it), rather than letting a run hang on a changed internal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import time
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import ray
+import torch
+import verl
+from verl.plugin.platform import PlatformBase, PlatformRegistry
+from verl.workers.rollout import base as rollout_base
+from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
+
+SUPPORTED_VERL = "0.9.1"
+ROLLOUT_NAME = "hf"
+MODULE = __name__
+
+if verl.__version__ != SUPPORTED_VERL:
+    raise RuntimeError(
+        f"fipo's CPU support for verl touches verl internals checked against verl {SUPPORTED_VERL}; "
+        f"found verl {verl.__version__}. Re-check fipo/integrations/verl_cpu.py before using this version."
+    )
+
+
+def cpu_environment() -> dict[str, str]:
+    """Environment for a CPU run: load this module everywhere, pick the CPU platform and verl's FSDP engine."""
+    modules = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
+    if MODULE not in modules:
+        modules.append(MODULE)
+    return {
+        "VERL_USE_EXTERNAL_MODULES": ",".join(modules),
+        "VERL_PLATFORM": "cpu",
+        # verl registers its FSDP engine for device "cuda" only; it runs on CPU tensors unchanged.
+        "VERL_ENGINE_DEVICE": "cuda",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+# ------------------------------------------------------------------------------------------ platform
+
+
+def _meminfo_bytes(field: str) -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _noop(*args, **kwargs):
+    return None
+
+
+def _zero(*args, **kwargs):
+    return 0
+
+
+class _CPUDeviceModule(SimpleNamespace):
+    """The ``torch.cuda``-like module verl calls on its platform: torch.cpu plus the memory and device
+    queries that have no CPU meaning (answered with zeros, or /proc/meminfo for free memory)."""
+
+    def __getattr__(self, name: str):
+        return getattr(torch.cpu, name)
+
+
+CPU_DEVICE_MODULE = _CPUDeviceModule(
+    is_available=lambda: True,
+    device_count=lambda: 1,
+    current_device=lambda: "cpu",
+    set_device=_noop,
+    synchronize=_noop,
+    empty_cache=_noop,
+    manual_seed=torch.manual_seed,
+    manual_seed_all=torch.manual_seed,
+    memory_allocated=_zero,
+    memory_reserved=_zero,
+    max_memory_allocated=_zero,
+    max_memory_reserved=_zero,
+    reset_peak_memory_stats=_noop,
+    mem_get_info=lambda *a: (_meminfo_bytes("MemAvailable"), _meminfo_bytes("MemTotal")),
+    get_device_name=lambda *a: "cpu",
+    is_initialized=lambda: True,
+)
+
+
+@PlatformRegistry.register(platform="cpu")
+class PlatformCPU(PlatformBase):
+    """verl's platform interface answered for a CPU-only machine (gloo collectives, no device memory)."""
+
+    @property
+    def device_name(self) -> str:
+        return "cpu"
+
+    @property
+    def vendor_name(self) -> str:
+        return "cpu"
+
+    @property
+    def device_module(self):
+        return CPU_DEVICE_MODULE
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_platform_available(self, use_smi_check=False) -> bool:
+        # Never picked by auto-detection: only an explicit VERL_PLATFORM=cpu selects it.
+        return False
+
+    def current_device(self) -> str:
+        # verl moves modules with .to(device=get_device_id()); an int there means "accelerator N".
+        return "cpu"
+
+    def device_count(self) -> int:
+        return 1
+
+    def set_device(self, device_index: int) -> None:
+        return None
+
+    def synchronize(self, device_index: Optional[int] = None) -> None:
+        return None
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def manual_seed_all(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def set_allocator_settings(self, settings: str) -> None:
+        return None
+
+    def empty_cache(self) -> None:
+        return None
+
+    def get_device_capability(self, device_index: int = 0):
+        return None, None
+
+    def communication_backend_name(self) -> str:
+        return "gloo"
+
+    def visible_devices_envvar(self) -> str:
+        return "CUDA_VISIBLE_DEVICES"
+
+    @contextlib.contextmanager
+    def nvtx_range(self, msg: str):
+        yield
+
+    def profiler_start(self) -> None:
+        return None
+
+    def profiler_stop(self) -> None:
+        return None
+
+    def ray_resource_name(self) -> str:
+        # verl's resource pools count GPUs only: a CPU run declares logical GPUs to Ray (num_gpus).
+        return "GPU"
+
+    def ray_noset_envvars(self) -> list[str]:
+        return []
+
+    def is_ipc_supported(self) -> bool:
+        return False
+
+    def cudart(self):
+        return None
+
+
+def _collapse_duplicate_backends(init_process_group):
+    """verl asks for ``cpu:gloo,cpu:gloo`` on a CPU platform; torch rejects the repeated device type."""
+
+    @functools.wraps(init_process_group)
+    def wrapper(*args, backend=None, **kwargs):
+        if isinstance(backend, str) and "," in backend:
+            parts = list(dict.fromkeys(p.strip() for p in backend.split(",")))
+            backend = ",".join(parts)
+        return init_process_group(*args, backend=backend, **kwargs)
+
+    wrapper.__fipo_cpu_wrapped__ = True
+    return wrapper
+
+
+if not getattr(torch.distributed.init_process_group, "__fipo_cpu_wrapped__", False):
+    torch.distributed.init_process_group = _collapse_duplicate_backends(torch.distributed.init_process_group)
+
+
+# ------------------------------------------------------------------------------------------- rollout
+
+
+def _server_name(replica_rank: int) -> str:
+    return f"fipo_hf_rollout_{replica_rank}"
+
+
+class HFRolloutServer:
+    """Ray actor: holds a transformers copy of the policy and samples from it.
+
+    The agent loop sends one request per response (n requests per prompt, concurrently); requests that arrive
+    together are generated as one left-padded batch in a worker thread.
+    """
+
+    def __init__(self, model_path: str, prompt_length: int, response_length: int, seed: int, batch_window_s: float):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32).eval()
+        self.prompt_length, self.response_length = prompt_length, response_length
+        self.global_steps = 0
+        self.batch_window_s = batch_window_s
+        self._pending: list[tuple[list[int], dict, asyncio.Future]] = []
+        self._batcher: Optional[asyncio.Task] = None
+        self._model_lock = asyncio.Lock()
+
+    async def ready(self) -> bool:
+        return True
+
+    async def generate(
+        self, prompt_ids: list[int], sampling_params: dict, request_id: str, image_data=None, video_data=None, **kwargs
+    ) -> TokenOutput:
+        if image_data is not None or video_data is not None:
+            raise ValueError("the hf CPU rollout serves text only")
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((list(prompt_ids), dict(sampling_params), future))
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(self.batch_window_s)  # let the other n-1 samples of the group arrive
+        while self._pending:
+            batch, self._pending = self._pending, []
+            groups: dict[tuple, list] = {}
+            for item in batch:
+                groups.setdefault(self._sampling_key(item[0], item[1]), []).append(item)
+            for key, items in groups.items():
+                try:
+                    async with self._model_lock:
+                        outputs = await asyncio.to_thread(self._generate_batch, [i[0] for i in items], key)
+                    for (_, _, future), output in zip(items, outputs):
+                        future.set_result(output)
+                except Exception as e:  # surface the failure on every waiting request
+                    for _, _, future in items:
+                        if not future.done():
+                            future.set_exception(e)
+
+    def _sampling_key(self, prompt_ids: list[int], params: dict) -> tuple:
+        temperature = float(params.get("temperature", 1.0))
+        top_p = float(params.get("top_p", 1.0))
+        top_k = int(params.get("top_k", -1) or -1)
+        limit = params.get("max_tokens", params.get("max_new_tokens"))
+        if limit is None:  # vLLM's default in verl: what is left of prompt + response length
+            limit = min(self.response_length, self.prompt_length + self.response_length - len(prompt_ids))
+        return temperature, top_p, top_k, max(1, int(limit))
+
+    @torch.no_grad()
+    def _generate_batch(self, prompts: list[list[int]], key: tuple) -> list[TokenOutput]:
+        temperature, top_p, top_k, max_new = key
+        pad = self.tokenizer.pad_token_id
+        eos = self.tokenizer.eos_token_id
+        width = max(map(len, prompts))
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        greedy = temperature <= 0
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=max_new,
+            do_sample=not greedy,
+            temperature=None if greedy else temperature,
+            top_p=None if greedy else top_p,
+            top_k=top_k if top_k > 0 else None,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        new_tokens = out.sequences[:, width:]
+        # Log-prob of each sampled token under the raw logits at the sampling temperature: what vLLM reports
+        # (processed_logprobs) and what the actor recomputes.
+        logits = torch.stack(out.logits, dim=1).float() / (1.0 if greedy else temperature)
+        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        results = []
+        for ids, lps in zip(new_tokens.tolist(), log_probs.tolist()):
+            n = ids.index(eos) + 1 if eos in ids else len(ids)
+            results.append(
+                TokenOutput(
+                    token_ids=ids[:n],
+                    log_probs=lps[:n],
+                    stop_reason="completed",
+                    extra_fields={"global_steps": self.global_steps},
+                )
+            )
+        return results
+
+    async def update_weights(self, state: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
+        async with self._model_lock:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            if unexpected:
+                raise RuntimeError(f"hf rollout: weights the model does not have: {unexpected[:5]}")
+            self.model.tie_weights()
+        if global_steps is not None:
+            self.global_steps = int(global_steps)
+        return len(state)
+
+    # The replica's control calls (sleep/wake-up between rollout and training, KV-cache management, profiling)
+    # have nothing to do for a CPU model that never leaves memory.
+    async def sleep(self):
+        return None
+
+    async def wake_up(self):
+        return None
+
+    async def abort_all_requests(self, reject_request: bool = False):
+        return None
+
+    async def resume_generation(self):
+        return None
+
+    async def clear_kv_cache(self):
+        return None
+
+    async def release_kv_cache(self):
+        return None
+
+    async def resume_kv_cache(self):
+        return None
+
+    async def start_profile(self, **kwargs):
+        return None
+
+    async def stop_profile(self):
+        return None
+
+
+class HFRolloutReplica(RolloutReplica):
+    """One transformers server per replica, in the hybrid mode verl's default trainer uses."""
+
+    async def launch_servers(self):
+        cfg = self.config
+        server = (
+            ray.remote(HFRolloutServer)
+            .options(name=_server_name(self.replica_rank), num_cpus=0, max_concurrency=self.max_concurrency)
+            .remote(
+                model_path=str(self.model_config.path),
+                prompt_length=int(cfg.prompt_length),
+                response_length=int(cfg.response_length),
+                seed=int(cfg.seed) + self.replica_rank,
+                batch_window_s=0.05,
+            )
+        )
+        await server.ready.remote()
+        self.servers = [server]
+        self._server_handle = server
+        self._server_address = f"{ROLLOUT_NAME}-{self.replica_rank}"  # a unique key; there is no HTTP server
+
+
+class HFRolloutAdapter(rollout_base.BaseRollout):
+    """Trainer side of the ``hf`` rollout, inside each FSDP worker: forwards the synced weights to the server.
+
+    The weight generator gathers full tensors collectively, so every rank drains it in order; the replica's
+    leader rank also copies them to the server.
+    """
+
+    def __init__(self, config, model_config, device_mesh, *args, **kwargs):
+        super().__init__(config, model_config, device_mesh, *args, **kwargs)
+        cfg = self.config
+        world = cfg.tensor_model_parallel_size * cfg.data_parallel_size * cfg.pipeline_model_parallel_size
+        rank = int(os.environ.get("RANK", "0"))
+        self.replica_rank, self.is_leader = rank // world, rank % world == 0
+        self._server = None
+
+    def _server_handle(self):
+        if self._server is None:  # the adapter is built before the replica launches its server
+            self._server = ray.get_actor(_server_name(self.replica_rank))
+        return self._server
+
+    async def resume(self, tags: list[str]):
+        return None
+
+    async def release(self):
+        return None
+
+    async def update_weights(self, weights, wire_format: str = "named_tensors", **kwargs):
+        if wire_format != "named_tensors":
+            raise NotImplementedError(f"hf rollout: weight wire format {wire_format!r}")
+        state = {name: tensor.detach().to("cpu", copy=True) for name, tensor in weights}
+        if self.is_leader:
+            start = time.perf_counter()
+            await self._server_handle().update_weights.remote(state, kwargs.get("global_steps"))
+            self.last_sync_seconds = time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------- replay buffer
+
+
+# Imported only now: importing verl's trainer modules resolves the platform, which must be registered first.
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer  # noqa: E402
+
+
+class QuickPollReplayBuffer(ReplayBuffer):
+    """verl's sync replay buffer, polling every ``poll_interval`` seconds instead of 2.
+
+    verl's custom-sampler hook passes only the generic arguments; the DAPO filtering arguments that verl
+    derives for its built-in buffer arrive here through ``trainer.v1.sampler.sampler_kwargs``, rendered from
+    the same experiment spec by :func:`sampler_overrides`.
+    """
+
+    def __init__(self, *, sampler_kwargs=None, **kwargs):
+        options = dict(sampler_kwargs or {})
+        metric = options.pop("filter_groups_metric", None)
+        train_batch_size = int(options.pop("train_batch_size"))
+        super().__init__(
+            sampler_kwargs=options,
+            poll_interval=float(options.pop("poll_interval", 0.05)),
+            filter_groups_metric=metric,
+            train_batch_size=train_batch_size,
+            # what verl's trainer passes its built-in buffer: prompt-by-prompt refills when filtering
+            gen_batch_size=1 if metric else int(options.pop("gen_batch_size", train_batch_size)),
+            max_inflight_gen_batches=int(options.pop("max_inflight_gen_batches", 1)) if metric else 1,
+            **kwargs,
+        )
+
+
+def sampler_overrides(
+    filter_groups_metric: Optional[str], train_batch_size: int, gen_batch_size: Optional[int], poll_interval: float = 0.05
+) -> dict[str, Any]:
+    """The verl keys that plug in :class:`QuickPollReplayBuffer` for one experiment."""
+    kwargs = {"poll_interval": poll_interval, "filter_groups_metric": filter_groups_metric, "train_batch_size": train_batch_size}
+    if gen_batch_size is not None:
+        kwargs["gen_batch_size"] = gen_batch_size
+    return {
+        "trainer.v1.sampler.custom_sampler.path": f"pkg://{MODULE}",
+        "trainer.v1.sampler.custom_sampler.name": QuickPollReplayBuffer.__name__,
+        "++trainer.v1.sampler.sampler_kwargs": kwargs,  # ++: replace the empty dict verl declares
+    }
+
+
+rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = f"{MODULE}.HFRolloutAdapter"
+RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: HFRolloutReplica)
+
+
+def registered() -> dict[str, Any]:
+    """What this module registered, for tests and diagnostics."""
+    return {
+        "platform": PlatformRegistry.get("cpu"),
+        "rollout_adapter": rollout_base.get_rollout_class(ROLLOUT_NAME, "async"),
+        "rollout_replica": RolloutReplicaRegistry.get(ROLLOUT_NAME),
+    }

@@ -1,0 +1,114 @@
+"""CPU support for verl: registrations, the hf rollout server's sampling and log-probs, weight sync, the
+version pin."""
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from fipo.integrations import verl_cpu
+from fipo.integrations.verl_cpu import HFRolloutServer, _collapse_duplicate_backends, cpu_environment
+from fipo.tiny import chat_prompt
+
+
+def test_fresh_process_with_the_cpu_environment_registers_platform_and_rollout():
+    code = (
+        "import verl\n"
+        "from verl.utils.device import get_device_name, get_device_id, get_nccl_backend\n"
+        "from verl.workers.rollout.base import get_rollout_class\n"
+        "from verl.workers.rollout.replica import RolloutReplicaRegistry\n"
+        "print(get_device_name(), get_device_id(), get_nccl_backend(), get_rollout_class('hf').__name__,"
+        " RolloutReplicaRegistry.get('hf').__name__)\n"
+    )
+    env = {**cpu_environment(), "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["cpu", "cpu", "gloo", "HFRolloutAdapter", "HFRolloutReplica"]
+
+
+def test_another_verl_version_fails_loudly():
+    code = "import verl\nverl.__version__ = '0.10.0'\nimport fipo.integrations.verl_cpu\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode != 0 and "checked against verl 0.9.1" in out.stderr and "0.10.0" in out.stderr
+
+
+def test_duplicate_backend_device_is_collapsed():
+    calls = []
+    wrapped = _collapse_duplicate_backends(lambda *a, backend=None, **k: calls.append(backend))
+    wrapped(backend="cpu:gloo,cpu:gloo")
+    wrapped(backend="cpu:gloo,cuda:nccl")
+    assert calls == ["cpu:gloo", "cpu:gloo,cuda:nccl"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_world):
+    return HFRolloutServer(str(tiny_world["model"]), prompt_length=64, response_length=24, seed=0, batch_window_s=0.01)
+
+
+def prompt_ids(tokenizer, text="Add 3+4+5. End with the line Answer: N"):
+    return tokenizer(chat_prompt(tokenizer, text), add_special_tokens=False)["input_ids"]
+
+
+def test_concurrent_requests_return_tokens_with_their_own_log_probs(server):
+    tok = server.tokenizer
+    prompts = [prompt_ids(tok, f"Add {a}+{b}. End with the line Answer: N") for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": True}
+
+    async def run():
+        return await asyncio.gather(*[server.generate(p, params, request_id=str(i)) for i, p in enumerate(prompts * 2)])
+
+    outputs = asyncio.run(run())
+    model = AutoModelForCausalLM.from_pretrained(server.model.config._name_or_path).eval()
+    for prompt, out in zip(prompts * 2, outputs):
+        assert len(out.token_ids) == len(out.log_probs) >= 1
+        assert len(out.token_ids) <= 24  # max tokens = response length
+        assert tok.eos_token_id not in out.token_ids[:-1]  # nothing after the first EOS
+        assert out.extra_fields == {"global_steps": 0} and out.stop_reason == "completed"
+        # the reported log-probs are the model's own, recomputed with teacher forcing
+        ids = torch.tensor([prompt + out.token_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt) - 1 : -1]
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(out.token_ids)[:, None]).squeeze(-1)
+        assert torch.allclose(torch.tensor(out.log_probs), expected, atol=1e-4)
+
+
+def test_greedy_sampling_is_deterministic_and_respects_max_tokens(server):
+    tok = server.tokenizer
+    params = {"temperature": 0, "top_p": 1.0, "top_k": -1, "max_tokens": 5}
+
+    async def run():
+        return await asyncio.gather(*[server.generate(prompt_ids(tok), params, request_id=str(i)) for i in range(3)])
+
+    outs = asyncio.run(run())
+    assert outs[0].token_ids == outs[1].token_ids == outs[2].token_ids and len(outs[0].token_ids) <= 5
+
+
+def test_weight_sync_replaces_the_weights_and_records_the_step(tiny_world):
+    server = HFRolloutServer(str(tiny_world["model"]), prompt_length=64, response_length=8, seed=0, batch_window_s=0.0)
+    state = {k: v + 0.5 for k, v in server.model.state_dict().items() if k != "lm_head.weight"}
+    count = asyncio.run(server.update_weights(state, global_steps=7))
+    assert count == len(state) and server.global_steps == 7
+    assert torch.equal(server.model.state_dict()["model.norm.weight"], state["model.norm.weight"])
+    assert server.model.lm_head.weight.data_ptr() == server.model.model.embed_tokens.weight.data_ptr()  # still tied
+    with pytest.raises(RuntimeError, match="does not have"):
+        asyncio.run(server.update_weights({"not.a.weight": torch.zeros(1)}))
+
+
+def test_text_only():
+    with pytest.raises(ValueError, match="text only"):
+        asyncio.run(HFRolloutServer.generate(object.__new__(HFRolloutServer), [1], {}, "r", image_data=[1]))
+
+
+def test_module_is_the_only_place_touching_verl_private_names():
+    """Every contact with verl internals lives in fipo/integrations/verl_cpu.py."""
+    from pathlib import Path
+
+    root = Path(verl_cpu.__file__).resolve().parents[1]
+    offenders = [
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if p.name != "verl_cpu.py" and ("_ROLLOUT_REGISTRY" in p.read_text() or "init_process_group" in p.read_text())
+    ]
+    assert offenders == []
