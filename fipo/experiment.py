@@ -123,6 +123,7 @@ class TrainerSpec:
     seed: int = 42
     project_name: str = "fipo-workbench"
     device: str = "cuda"
+    timeout_s: Optional[int] = None  # wall-clock limit of one training attempt
 
 
 @dataclass(frozen=True)
@@ -449,7 +450,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and value and not dotted.startswith("+"):  # a '+' key adds a whole node
             out.update(_flatten(value, dotted + "."))
         else:
             out[dotted] = value

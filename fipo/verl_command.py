@@ -50,13 +50,22 @@ def hydra_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
     text = str(value)
     if any(c in text for c in " ,=[]{}()'\"\\:$*?"):
         return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return text
 
 
-def verl_overrides(exp: Experiment, *, data_dir: Path, run: RunPaths, ray_address: str | None = None) -> list[str]:
+def model_path(exp: Experiment, results_dir: Path) -> str:
+    """The model path with ``${results_dir}`` resolved (the tiny preset's model is made by the pipeline)."""
+    return exp.model.path.replace("${results_dir}", str(Path(results_dir).resolve()))
+
+
+def verl_overrides(
+    exp: Experiment, *, data_dir: Path, run: RunPaths, results_dir: Path = Path("results"), ray_address: str | None = None
+) -> list[str]:
     """The Hydra overrides that run ``exp`` with stock verl (one ``key=value`` string each)."""
     seed = exp.trainer.seed
     items: list[tuple[str, Any]] = [
@@ -78,7 +87,7 @@ def verl_overrides(exp: Experiment, *, data_dir: Path, run: RunPaths, ray_addres
         ("data.truncation", "left"),
         ("data.seed", seed),
         # model
-        ("actor_rollout_ref.model.path", exp.model.path),
+        ("actor_rollout_ref.model.path", model_path(exp, results_dir)),
         # actor
         ("actor_rollout_ref.actor.optim.lr", exp.policy.lr),
         ("actor_rollout_ref.actor.optim.lr_warmup_steps", exp.policy.lr_warmup_steps),
@@ -138,13 +147,23 @@ def verl_overrides(exp: Experiment, *, data_dir: Path, run: RunPaths, ray_addres
             items += [(f"+{POLICY_LOSS}.dump_path", str(run.token_dump)), (f"+{POLICY_LOSS}.dump_every", exp.fipo.dump_every)]
     if ray_address:
         items.append(("+ray_kwargs.ray_init.address", ray_address))
+    if exp.trainer.device == "cpu":
+        from fipo.integrations.verl_cpu import sampler_overrides
+
+        metric = exp.algorithm.filter_metric if exp.algorithm.filter_groups else None
+        items += sampler_overrides(metric, exp.data.train_batch_size, exp.data.gen_batch_size).items()
     items += sorted(exp.engine.items())
     return [f"{key}={hydra_value(value)}" for key, value in items]
 
 
-def verl_environment(run: RunPaths) -> dict[str, str]:
-    """Environment the verl driver needs: where its `file` logger writes the metrics JSONL."""
-    return {"VERL_FILE_LOGGER_PATH": str(run.metrics)}
+def verl_environment(run: RunPaths, exp: Experiment, metrics_path: Path | None = None) -> dict[str, str]:
+    """Environment of the verl driver: where its `file` logger writes, and for CPU runs the CPU support."""
+    env = {"VERL_FILE_LOGGER_PATH": str(metrics_path or run.metrics)}
+    if exp.trainer.device == "cpu":
+        from fipo.integrations.verl_cpu import cpu_environment
+
+        env.update(cpu_environment())
+    return env
 
 
 def command_line(overrides: list[str]) -> str:

@@ -1,0 +1,60 @@
+"""Run one verl training attempt: environment, wall-clock timeout, metrics that survive crashes and resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from fipo.experiment import Experiment
+from fipo.run_log import merge_attempts, next_attempt_path
+from fipo.verl_command import VERL_ENTRY, RunPaths, command_line, verl_environment
+
+TIMEOUT_EXIT_CODE = 124
+
+
+def run_training(exp: Experiment, run: RunPaths, overrides: list[str], timeout_s: float | None = None) -> int:
+    """Start ``python -m verl.trainer.main_ppo``; verl resumes from the latest checkpoint by itself
+    (resume_mode=auto). Each attempt logs to its own file; ``metrics.jsonl`` is re-merged after it ends,
+    however it ends (and before it starts, so that a crash of this process loses nothing either)."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    merge_attempts(run.run_dir)
+    attempt = next_attempt_path(run.run_dir)
+    env = {**os.environ, **verl_environment(run, exp, metrics_path=attempt)}
+    print(f"[fipo] {exp.run_id}: {command_line(overrides)}", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    # A session of its own, so that a timeout can stop the whole tree (driver, Ray, workers).
+    process = subprocess.Popen([sys.executable, *VERL_ENTRY[1:], *overrides], env=env, start_new_session=True)
+    try:
+        code = process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _stop_tree(process)
+        print(
+            f"[fipo] {exp.run_id}: stopped after the wall-clock limit of {timeout_s:.0f} s "
+            f"(trainer.timeout_s or --timeout); rerun the same command to resume from the last checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
+        code = TIMEOUT_EXIT_CODE
+    except KeyboardInterrupt:
+        _stop_tree(process)
+        raise
+    finally:
+        merge_attempts(run.run_dir)
+    print(f"[fipo] {exp.run_id}: exit {code} after {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+    return code
+
+
+def _stop_tree(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
