@@ -104,6 +104,8 @@ CPU_DEVICE_MODULE = _CPUDeviceModule(
     empty_cache=_noop,
     manual_seed=torch.manual_seed,
     manual_seed_all=torch.manual_seed,
+    get_rng_state=torch.get_rng_state,  # checkpoint resume restores the "device" RNG: on a CPU, torch's own
+    set_rng_state=torch.set_rng_state,
     memory_allocated=_zero,
     memory_reserved=_zero,
     max_memory_allocated=_zero,
@@ -233,7 +235,7 @@ class HFRolloutServer:
 
         torch.manual_seed(seed)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
         self.prompt_length, self.response_length = prompt_length, response_length
         self.global_steps = 0
         self.batch_window_s = batch_window_s
