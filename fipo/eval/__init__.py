@@ -1,0 +1,1 @@
+"""Evaluation on AIME 2024 / 2025 (and the tiny preset's test set): sampling, scoring, Avg/Cons/Pass@k."""
