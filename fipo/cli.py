@@ -82,6 +82,32 @@ def cmd_tiny_model(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from fipo.eval.runner import evaluate
+    from fipo.eval.sampling import SamplingSettings
+
+    settings = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                                seed=args.seed)
+    out = args.out or Path(args.results_dir) / "eval" / Path(args.model).name / args.benchmark
+    summary = evaluate(args.model, args.benchmark, out, settings, backend=args.backend, scorer=args.scorer,
+                       data_dir=args.data_dir, tensor_parallel_size=args.tensor_parallel_size,
+                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    n = settings.n
+    print(f"{args.benchmark}: Avg@{n} {summary[f'avg@{n}']:.1f}  Cons@{n} {summary[f'cons@{n}']:.1f}  "
+          f"Pass@{n} {summary[f'pass@{n}']:.1f}  ({out})")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from fipo.eval.checkpoints import convert, select_step
+
+    run = run_paths(args.results_dir.resolve(), args.preset, args.experiment)
+    step = args.step or select_step(run.checkpoints, args.which, run.metrics, args.metric)
+    target = args.out or run.run_dir / "hf" / f"global_step_{step}"
+    print(convert(run.checkpoints, step, target))
+    return 0
+
+
 def cmd_tables(args) -> int:
     from fipo.tables import write_settings_tables
 
@@ -122,6 +148,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.set_defaults(func=cmd_tiny_model)
 
+    p = sub.add_parser("eval", help="sample and score a model on AIME 2024/2025 or the tiny test set")
+    p.add_argument("--model", required=True, help="a Hugging Face model folder")
+    p.add_argument("--benchmark", required=True, choices=["aime2024", "aime2025", "tiny-test"])
+    p.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
+    p.add_argument("--scorer", default="math_dapo", choices=["math_dapo", "math_verify"])
+    p.add_argument("--n", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.7)
+    p.add_argument("--max-tokens", type=int, default=20480)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--data-dir", type=Path, default=data_mod.DEFAULT_DATA_DIR)
+    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
+    p.add_argument("--out", type=Path, help="output folder (default: results/eval/<model>/<benchmark>)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("convert", help="turn a run's checkpoint into a Hugging Face folder (verl's model merger)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--step", type=int, help="a checkpointed step (default: chosen by --which)")
+    p.add_argument("--which", default="last", choices=["last", "best"])
+    p.add_argument("--metric", help="validation metric for --which best, e.g. val-core/aime2024/acc/mean@32")
+    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
+    p.add_argument("--out", type=Path)
+    p.set_defaults(func=cmd_convert)
+
     p = sub.add_parser("tables", help="write Tables 2 and 3 (training settings) from the spec")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "spec_tables")
     p.set_defaults(func=cmd_tables)
@@ -132,6 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, data_mod.DatasetUnavailable) as e:
+    except (SpecError, data_mod.DatasetUnavailable, FileNotFoundError, ValueError) as e:
         print(f"fipo: error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,4 +26,7 @@ def tiny_world(tmp_path_factory) -> dict[str, Path]:
     data_dir, results_dir = root / "data", root / "results"
     prepare_tiny_data(data_dir)
     model = build_tiny_base_model(results_dir / "tiny" / "base_model", log=lambda msg: None)
-    return {"root": root, "data": data_dir, "results": results_dir, "model": model}
+    # Ray's unix sockets live under RAY_TMPDIR and must stay under 108 bytes: a short folder of its own.
+    ray_dir = Path(tempfile.mkdtemp(prefix="fipo-ray-", dir="/tmp"))
+    yield {"root": root, "data": data_dir, "results": results_dir, "model": model, "ray": ray_dir}
+    shutil.rmtree(ray_dir, ignore_errors=True)

@@ -3,6 +3,7 @@
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 
 def fipo(*args, **kwargs):
@@ -17,7 +18,9 @@ def test_dry_run_prints_the_full_verl_command_as_one_line():
     words = shlex.split(lines[0])
     assert "actor_rollout_ref.actor.policy_loss.loss_mode=fipo" in words
     assert "+actor_rollout_ref.actor.policy_loss.tau=32.0" in words
-    assert "VERL_FILE_LOGGER_PATH=results/qwen2.5-32b/runs/fipo/metrics.jsonl" in out.stderr
+    # absolute paths: Ray workers do not share the launching shell's working directory
+    assert f"VERL_FILE_LOGGER_PATH={Path.cwd()}/results/qwen2.5-32b/runs/fipo/metrics.jsonl" in out.stderr
+    assert f"trainer.default_local_dir={Path.cwd()}/results/qwen2.5-32b/runs/fipo/checkpoints" in words
 
 
 def test_experiments_lists_one_name_per_line():

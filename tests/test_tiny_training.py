@@ -44,7 +44,7 @@ def fipo_train(world, experiment, *overrides, **popen):
            "--data-dir", str(world["data"]), "--results-dir", str(world["results"])]
     for override in overrides:
         cmd += ["--override", override]
-    env = {**os.environ, "RAY_TMPDIR": str(world["root"] / "ray")}
+    env = {**os.environ, "RAY_TMPDIR": str(world["ray"])}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
@@ -80,8 +80,24 @@ def test_three_step_run_logs_what_the_figures_need_and_checkpoints(tiny_world, e
     if experiment == "fipo":
         weights = [(d["actor/influence_weights_min"], d["actor/influence_weights_max"]) for d in train]
         assert any(lo < 1.0 or hi > 1.0 for lo, hi in weights), weights  # f leaves 1 from the 2nd mini-batch
+        check_conversion_and_evaluation(tiny_world, checkpoint)
     else:
         assert not any(name in train[0] for name in FIPO_METRICS)
+
+
+def check_conversion_and_evaluation(world, checkpoint):
+    """verl's model merger turns the checkpoint into a Hugging Face folder that `fipo eval` can sample."""
+    target = world["root"] / "hf_fipo_step3"
+    out = subprocess.run([sys.executable, "-m", "fipo", "convert", "--preset", "tiny", "--experiment", "fipo",
+                          "--results-dir", str(world["results"]), "--out", str(target)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file()
+    out = subprocess.run([sys.executable, "-m", "fipo", "eval", "--model", str(target), "--benchmark", "tiny-test",
+                          "--backend", "hf", "--n", "2", "--max-tokens", "48", "--data-dir", str(world["data"]),
+                          "--out", str(world["root"] / "eval_step3")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("tiny-test: Avg@2 ")
 
 
 def kill_tree(process):
@@ -121,10 +137,10 @@ def test_wall_clock_limit_stops_the_run_with_a_clear_message(tiny_world):
     cmd = [sys.executable, "-m", "fipo", "train", "--preset", "tiny", "--experiment", "grpo", "--timeout", "20",
            "--data-dir", str(tiny_world["data"]), "--results-dir", str(tiny_world["results"])]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "RAY_TMPDIR": str(tiny_world["root"] / "ray")})
+                         env={**os.environ, "RAY_TMPDIR": str(tiny_world["ray"])})
     assert out.returncode == 124
     assert "stopped after the wall-clock limit of 20 s" in out.stderr
     leftovers = [p.info["name"] for p in psutil.process_iter(["name", "environ"])
-                 if (p.info["environ"] or {}).get("RAY_TMPDIR") == str(tiny_world["root"] / "ray")
+                 if (p.info["environ"] or {}).get("RAY_TMPDIR") == str(tiny_world["ray"])
                  and p.info["name"] in ("raylet", "gcs_server")]
     assert leftovers == []  # the whole tree went with it
