@@ -25,8 +25,11 @@ def run_training(exp: Experiment, run: RunPaths, overrides: list[str], timeout_s
     env = {**os.environ, **verl_environment(run, exp, metrics_path=attempt)}
     print(f"[fipo] {exp.run_id}: {command_line(overrides)}", file=sys.stderr, flush=True)
     start = time.monotonic()
-    # A session of its own, so that a timeout can stop the whole tree (driver, Ray, workers).
-    process = subprocess.Popen([sys.executable, *VERL_ENTRY[1:], *overrides], env=env, start_new_session=True)
+    # A session of its own, so that a timeout can stop the whole tree (driver, Ray, workers); the run folder as
+    # working directory, so that Hydra's outputs/ land there (every path in the overrides is absolute).
+    process = subprocess.Popen(
+        [sys.executable, *VERL_ENTRY[1:], *overrides], env=env, start_new_session=True, cwd=run.run_dir
+    )
     try:
         code = process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
