@@ -116,17 +116,11 @@ def bench_future_kl(length: int, min_seconds: float) -> dict:
 
 def bench_loss(length: int, min_seconds: float) -> dict:
     from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn
-    from verl.workers.config import ActorConfig
+
+    from fipo.verl_plugin import standalone_actor_config
 
     params = FIPOParams()  # the 32B settings of Table 2
-    config = ActorConfig(
-        strategy="fsdp",
-        rollout_n=1,
-        ppo_micro_batch_size_per_gpu=1,
-        clip_ratio_low=params.clip_ratio_low,
-        clip_ratio_high=params.clip_ratio_high,
-        clip_ratio_c=params.clip_ratio_c,
-    )
+    config = standalone_actor_config(params)
     vanilla = get_policy_loss_fn("vanilla")
     gen = torch.Generator().manual_seed(0)
     old = -torch.rand(BATCH, length, generator=gen) * 3

@@ -28,7 +28,13 @@ from verl.workers.config import PolicyLossConfig
 from fipo.loss import FIPOParams, fipo_policy_loss
 from fipo.token_dump import TokenDumper
 
-__all__ = ["FIPOPolicyLossConfig", "compute_policy_loss_fipo", "LOSS_NAMES", "params_from_actor_config"]
+__all__ = [
+    "FIPOPolicyLossConfig",
+    "compute_policy_loss_fipo",
+    "LOSS_NAMES",
+    "params_from_actor_config",
+    "standalone_actor_config",
+]
 
 LOSS_NAMES = ("fipo", "future_kl")
 _DEFAULTS = FIPOParams()
@@ -82,6 +88,26 @@ def params_from_actor_config(config: Any) -> FIPOParams:
     low = config.clip_ratio_low if config.clip_ratio_low is not None else clip_ratio
     high = config.clip_ratio_high if config.clip_ratio_high is not None else clip_ratio
     return policy_loss.to_params(clip_ratio_low=low, clip_ratio_high=high, clip_ratio_c=config.get("clip_ratio_c", 3.0))
+
+
+def standalone_actor_config(
+    params: FIPOParams = _DEFAULTS, policy_loss: Optional[PolicyLossConfig] = None, loss_agg_mode: str = "token-mean"
+):
+    """A verl ActorConfig with ``params``' PPO clip values, for calling verl's registered policy losses outside a
+    trainer (benchmarks, tests). ``policy_loss`` defaults to verl's own (loss_mode vanilla)."""
+    from verl.workers.config import ActorConfig
+
+    extra = {} if policy_loss is None else {"policy_loss": policy_loss}
+    return ActorConfig(
+        strategy="fsdp",
+        rollout_n=1,
+        ppo_micro_batch_size_per_gpu=1,
+        clip_ratio_low=params.clip_ratio_low,
+        clip_ratio_high=params.clip_ratio_high,
+        clip_ratio_c=params.clip_ratio_c,
+        loss_agg_mode=loss_agg_mode,
+        **extra,
+    )
 
 
 _dumpers: dict[str, TokenDumper] = {}

@@ -9,10 +9,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn
-from verl.workers.config import ActorConfig
 
 from fipo.future_kl import future_kl_reference
 from fipo.loss import METRIC_NAMES, FIPOParams, NonFiniteInputError, fipo_policy_loss
+from fipo.verl_plugin import standalone_actor_config as actor_config
 
 AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
@@ -26,18 +26,6 @@ def random_batch(seed, batch=6, length=40, shift=0.5, dtype=torch.float32):
     lengths = torch.randint(1, length + 1, (batch, 1), generator=gen)
     mask = torch.arange(length)[None, :] < lengths
     return old, log_prob, adv, mask
-
-
-def actor_config(params: FIPOParams, loss_agg_mode="token-mean") -> ActorConfig:
-    return ActorConfig(
-        strategy="fsdp",
-        rollout_n=1,
-        ppo_micro_batch_size_per_gpu=1,
-        clip_ratio_low=params.clip_ratio_low,
-        clip_ratio_high=params.clip_ratio_high,
-        clip_ratio_c=params.clip_ratio_c,
-        loss_agg_mode=loss_agg_mode,
-    )
 
 
 def paper_loss_float64(old, log_prob, adv, mask, p: FIPOParams):
@@ -91,7 +79,7 @@ def test_with_f_forced_to_one_equals_verls_vanilla_loss(mode, seed):
     params = FIPOParams(f_clip_low=0.0, f_clip_high=0.0, clip_ratio_c=3.0, safety_threshold=2.0)
     old, log_prob, adv, mask = random_batch(seed, shift=1.0)
     adv[0], log_prob[0, 0] = -1.0, old[0, 0] + 2.0  # at least one dual-clipped token (ratio e^2 > c = 3)
-    cfg = actor_config(params, mode)
+    cfg = actor_config(params, loss_agg_mode=mode)
 
     lp_v = log_prob.clone().requires_grad_()
     loss_v, metrics_v = get_policy_loss_fn("vanilla")(

@@ -8,10 +8,9 @@ import sys
 import pytest
 import torch
 from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn
-from verl.workers.config import ActorConfig
 
 from fipo.loss import FIPOParams, fipo_policy_loss
-from fipo.verl_plugin import FIPOPolicyLossConfig, params_from_actor_config
+from fipo.verl_plugin import FIPOPolicyLossConfig, params_from_actor_config, standalone_actor_config
 
 
 def test_fresh_process_import_verl_registers_the_loss_through_the_entry_point():
@@ -34,15 +33,8 @@ def test_without_the_plugin_verl_does_not_know_the_loss():
 
 
 def actor_config(**policy_loss):
-    return ActorConfig(
-        strategy="fsdp",
-        rollout_n=1,
-        ppo_micro_batch_size_per_gpu=1,
-        clip_ratio_low=0.2,
-        clip_ratio_high=0.28,
-        clip_ratio_c=10.0,
-        policy_loss=FIPOPolicyLossConfig(loss_mode="fipo", **policy_loss),
-    )
+    """clip 0.2 / 0.28, c = 10 (FIPOParams' defaults) with the FIPO policy-loss config."""
+    return standalone_actor_config(policy_loss=FIPOPolicyLossConfig(loss_mode="fipo", **policy_loss))
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
@@ -75,8 +67,7 @@ def test_actor_config_rejects_bad_fipo_values_and_unknown_keys():
 def test_fipo_mode_without_the_fipo_config_class_is_a_clear_error():
     from verl.workers.config import PolicyLossConfig
 
-    config = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1,
-                         policy_loss=PolicyLossConfig(loss_mode="fipo"))
+    config = standalone_actor_config(policy_loss=PolicyLossConfig(loss_mode="fipo"))
     x = torch.zeros(1, 3)
     with pytest.raises(TypeError, match="FIPOPolicyLossConfig"):
         get_policy_loss_fn("fipo")(old_log_prob=x, log_prob=x, advantages=x, response_mask=x > -1, config=config)
