@@ -6,11 +6,13 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from fipo import data as data_mod
 from fipo.experiment import SpecError, list_experiments, list_presets, load_experiment
 from fipo import training
+from fipo.analysis.errors import AnalysisError
 from fipo.verl_command import RunPaths, command_line, model_path, verl_environment, verl_overrides
 
 DEFAULT_RESULTS = Path("results")
@@ -47,7 +49,11 @@ def cmd_train(args) -> int:
         return 0
     data_mod.require_datasets([exp.data.train, *exp.data.val], args.data_dir)
     require_model(exp, args.results_dir)
-    return training.run_training(exp, run, overrides, timeout_s=args.timeout or exp.trainer.timeout_s)
+    start = time.time()
+    code = training.run_training(exp, run, overrides, timeout_s=args.timeout or exp.trainer.timeout_s)
+    if code == 0 and args.record:
+        training.write_record(args.record, exp, run, overrides, wall_s=time.time() - start)
+    return code
 
 
 def require_model(exp, results_dir: Path) -> None:
@@ -102,9 +108,25 @@ def cmd_convert(args) -> int:
     from fipo.eval.checkpoints import convert, select_step
 
     run = run_paths(args.results_dir.resolve(), args.preset, args.experiment)
-    step = args.step or select_step(run.checkpoints, args.which, run.metrics, args.metric)
+    metric = args.metric
+    if args.which == "best" and not args.step and not metric:  # the run's validation Avg@N (AIME24 if there)
+        from fipo.analysis.runs import load_metrics, validation_metric
+
+        metric = validation_metric(load_metrics(run.metrics, args.preset, args.experiment), f"{args.preset}/{args.experiment}")
+    step = args.step or select_step(run.checkpoints, args.which, run.metrics, metric)
     target = args.out or run.run_dir / "hf" / f"global_step_{step}"
     print(convert(run.checkpoints, step, target))
+    return 0
+
+
+def cmd_lengths(args) -> int:
+    from fipo.analysis.rollouts import write_length_stats
+
+    exp = load_experiment(args.preset, args.experiment)
+    run = run_paths(args.results_dir, args.preset, args.experiment)
+    out = args.out or run.run_dir / "length_stats.csv"
+    print(write_length_stats(run.rollouts, out, model_path(exp, args.results_dir), exp.data.max_response_length,
+                             log=lambda msg: print(msg, file=sys.stderr, flush=True)))
     return 0
 
 
@@ -136,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", help="an existing Ray cluster (multi-node), e.g. 10.0.0.1:6379 or auto")
     p.add_argument("--timeout", type=float, help="wall-clock limit in seconds (default: the preset's trainer.timeout_s)")
     p.add_argument("--override", action="append", metavar="KEY=VALUE", help="extra verl Hydra override")
+    p.add_argument("--record", type=Path, help="on success, write the run's record (JSON: steps, wall time, command) here")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("data", help="prepare a dataset in verl's parquet format")
@@ -174,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path)
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser("lengths", help="per-step response-length quantiles of a run, from verl's rollout dumps")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
+    p.add_argument("--out", type=Path, help="CSV path (default: <run>/length_stats.csv)")
+    p.set_defaults(func=cmd_lengths)
+
     p = sub.add_parser("tables", help="write Tables 2 and 3 (training settings) from the spec")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "spec_tables")
     p.set_defaults(func=cmd_tables)
@@ -184,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, data_mod.DatasetUnavailable, FileNotFoundError, ValueError) as e:
+    except (SpecError, data_mod.DatasetUnavailable, FileNotFoundError, ValueError, AnalysisError) as e:
         print(f"fipo: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP from snakemake or Slurm (fipo.training)
+        print(f"fipo: interrupted ({e or 'SIGINT'}); rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130

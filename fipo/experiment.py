@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from typing import Any, Optional
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+# The spec folder (methods.yaml, presets/); FIPO_CONFIG_DIR points every tool, the pipeline included, elsewhere.
+CONFIG_DIR = Path(os.environ.get("FIPO_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "config")
 
 
 class SpecError(ValueError):
@@ -124,6 +126,33 @@ class TrainerSpec:
     project_name: str = "fipo-workbench"
     device: str = "cuda"
     timeout_s: Optional[int] = None  # wall-clock limit of one training attempt
+    # verl's rollout dumps (every response of every step, decoded): the length quantiles of Figures 3 and 8.
+    # About 0.3 GB per step at 32B scale (8192 responses of ~10k tokens); false saves the disk.
+    rollout_dump: bool = True
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """How the pipeline evaluates each run of a preset (``fipo eval``): AIME practice is n = 32 samples per
+    problem at temperature 1.0, top-p 0.7 (INTEGRATION.md)."""
+
+    benchmarks: list[str] = field(default_factory=lambda: ["aime2024", "aime2025"])
+    checkpoint: str = "last"  # "last" or "best" (by the validation metric)
+    n: int = 32
+    temperature: float = 1.0
+    top_p: float = 0.7
+    max_tokens: int = 20480
+    backend: str = "vllm"
+    tensor_parallel_size: int = 1
+    scorer: str = "math_dapo"
+
+
+EVAL_CHOICES = {
+    "benchmarks": ("aime2024", "aime2025", "tiny-test"),
+    "checkpoint": ("last", "best"),
+    "backend": ("vllm", "hf"),
+    "scorer": ("math_dapo", "math_verify"),
+}
 
 
 @dataclass(frozen=True)
@@ -192,7 +221,7 @@ CHOICES = {
     "trainer.device": ("cuda", "cpu"),
 }
 EXPERIMENT_KEYS = {"method", "base", "description", "set"}
-PRESET_KEYS = {"description", "paper_table", "defaults", "methods", "experiments", "ablations"}
+PRESET_KEYS = {"description", "paper_table", "defaults", "methods", "experiments", "ablations", "evaluation"}
 
 
 # ------------------------------------------------------------------------------------ loading & merging
@@ -471,3 +500,25 @@ def ablations(preset: str, config_dir: Path = CONFIG_DIR) -> dict[str, list[str]
         if bad:
             raise SpecError(f"preset {preset!r}: ablations.{family} names unknown experiment(s) {bad}")
     return {family: list(members) for family, members in families.items()}
+
+
+def preset_info(preset: str, config_dir: Path = CONFIG_DIR) -> dict:
+    """The preset's own keys: description and paper_table (2: the 32B setup, 3: the 7B one, absent: tiny)."""
+    data = _load_preset(preset, Path(config_dir))
+    return {"description": data.get("description", ""), "paper_table": data.get("paper_table")}
+
+
+def evaluation(preset: str, config_dir: Path = CONFIG_DIR) -> EvaluationSpec:
+    """The preset's ``evaluation:`` section, validated like the experiment sections."""
+    where = f"preset {preset!r}: evaluation"
+    spec = _build_section(EvaluationSpec, _load_preset(preset, Path(config_dir)).get("evaluation") or {}, where)
+    for key, allowed in EVAL_CHOICES.items():
+        values = getattr(spec, key)
+        for value in values if isinstance(values, list) else [values]:
+            _require(value in allowed, f"{where}.{key}", f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
+    _require(len(spec.benchmarks) > 0, f"{where}.benchmarks", "needs at least one benchmark")
+    for key in ("n", "max_tokens", "tensor_parallel_size"):
+        _require(getattr(spec, key) >= 1, f"{where}.{key}", "must be >= 1")
+    _require(spec.temperature >= 0, f"{where}.temperature", "must be >= 0")
+    _require(0 < spec.top_p <= 1, f"{where}.top_p", "must be in (0, 1]")
+    return spec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import time
 
 from fipo.experiment import Experiment
-from fipo.run_log import merge_attempts, next_attempt_path
+from fipo.run_log import merge_attempts, next_attempt_path, read_steps
 from fipo.verl_command import VERL_ENTRY, RunPaths, command_line, verl_environment
 
 TIMEOUT_EXIT_CODE = 124
@@ -30,6 +31,9 @@ def run_training(exp: Experiment, run: RunPaths, overrides: list[str], timeout_s
     process = subprocess.Popen(
         [sys.executable, *VERL_ENTRY[1:], *overrides], env=env, start_new_session=True, cwd=run.run_dir
     )
+    # Snakemake (and Slurm) stop a job with SIGTERM: without this the verl tree, in its own session, would
+    # outlive us and keep training (and writing checkpoints) in the background.
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         code = process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -45,9 +49,15 @@ def run_training(exp: Experiment, run: RunPaths, overrides: list[str], timeout_s
         _stop_tree(process)
         raise
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         merge_attempts(run.run_dir)
     print(f"[fipo] {exp.run_id}: exit {code} after {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
     return code
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _stop_tree(process: subprocess.Popen, grace_s: float = 10.0) -> None:
@@ -61,3 +71,17 @@ def _stop_tree(process: subprocess.Popen, grace_s: float = 10.0) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def write_record(path, exp: Experiment, run: RunPaths, overrides: list[str], wall_s: float) -> None:
+    """The completion record of a finished run (the pipeline's ``run.json``), written atomically and only after
+    verl exited 0: its presence means the run is complete."""
+    from pathlib import Path
+
+    steps = read_steps(run.metrics) if run.metrics.is_file() else {}
+    record = {"preset": exp.preset, "experiment": exp.name, "steps_logged": len(steps),
+              "last_step": max(steps, default=None), "wall_s": round(wall_s, 1), "command": command_line(overrides)}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -39,6 +39,11 @@ class RunPaths:
     def token_dump(self) -> Path:
         return self.run_dir / "token_dump.jsonl"
 
+    @property
+    def rollouts(self) -> Path:
+        """verl's own rollout dumps (``trainer.rollout_data_dir``): one ``<step>.jsonl`` of decoded responses."""
+        return self.run_dir / "rollouts"
+
 
 def hydra_value(value: Any) -> str:
     """A Python value as Hydra override syntax."""
@@ -136,6 +141,8 @@ def verl_overrides(
         ("trainer.default_local_dir", str(run.checkpoints)),
         ("trainer.resume_mode", "auto"),
     ]
+    if exp.trainer.rollout_dump:  # raw responses: the length quantiles of Figures 3 and 8 need them
+        items.append(("trainer.rollout_data_dir", str(run.rollouts)))
     if exp.model.max_position_embeddings is not None:
         items.append(("+actor_rollout_ref.model.override_config.max_position_embeddings", exp.model.max_position_embeddings))
     if exp.model.rope_theta is not None:
