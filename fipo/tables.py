@@ -80,6 +80,25 @@ def to_csv(header: list[str], rows: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def to_latex(header: list[str], rows: list[list[str]], caption: str = "") -> str:
+    """A booktabs tabular (in a table float when captioned); needs \\usepackage{booktabs}."""
+    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+             " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(_latex_escape(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines = [r"\begin{table}[t]", r"\centering", *lines, r"\caption{" + _latex_escape(caption) + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
 def write_settings_tables(out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,30 @@
+"""The paper's reported numbers (PAPER.md §4, §5), as data: the tables print them beside reproduced values
+and Figure 1 draws the reference lines. Values are AIME accuracies in %."""
+
+from __future__ import annotations
+
+# Figure 1's horizontal reference lines (AIME 2024)
+FIG1_REFERENCE_LINES = {"DeepSeek-R1-Zero-Math-32B": 47.0, "o1-mini": 56.0}
+
+# Table 1 (Qwen2.5-32B-Base): experiment -> benchmark -> metric -> value
+TABLE1 = {
+    "dapo": {"aime2024": {"avg": 50.0, "cons": 60.0, "pass": 80.0}, "aime2025": {"avg": 38.0, "cons": 47.0, "pass": 63.0}},
+    "fipo": {"aime2024": {"avg": 56.0, "cons": 73.0, "pass": 83.0}, "aime2025": {"avg": 43.0, "cons": 50.0, "pass": 67.0}},
+}
+TABLE1_FIPO_PEAK_AIME24 = 58.0
+TABLE1_MEAN_RESPONSE_LENGTH = {"dapo": 4000, "fipo": 10000}  # "≈ 4,000 (plateau)" vs "> 10,000"
+
+# Tables 4-6 (Qwen2.5-7B-Math, peak Avg@32): (row label, experiment, AIME24, AIME25)
+TABLE4 = [("GRPO", "grpo", 22.0, 18.0), ("DAPO", "dapo", 36.0, 18.0), ("FIPO", "fipo", 40.0, 19.0)]
+TABLE5 = [
+    ("FIPO, f clip [1.0, 1.2]", "fipo-fclip-1.0-1.2", 36.0, 19.0),
+    ("FIPO without filtering, [0.8, 1.2]", "fipo-raw", 38.0, 21.0),
+    ("FIPO, f clip [0.8, 1.2]", "fipo", 40.0, 19.0),
+]
+TABLE6 = [
+    ("τ = 8", "fipo-tau8", 40.0, 17.0),
+    ("τ = 32", "fipo", 40.0, 19.0),
+    ("τ = 128", "fipo-tau128", 39.0, 21.0),
+    ("τ = 256", "fipo-tau256", 42.0, 16.0),
+]
+ACCURACY_TABLES = {"table4": TABLE4, "table5": TABLE5, "table6": TABLE6}

@@ -1,0 +1,134 @@
+"""One style for every figure, panels of per-step series, and atomic writers for figures and tables."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the pipeline runs on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fipo.analysis import catalog  # noqa: E402
+from fipo.analysis.runs import series  # noqa: E402
+
+STYLE = {
+    "figure.dpi": 110, "savefig.dpi": 160, "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9,
+    "legend.fontsize": 7.5, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+    "axes.spines.right": False, "lines.linewidth": 1.4, "pdf.fonttype": 42,
+}
+# the same colour for the same experiment in every figure
+COLORS = {
+    "dapo": "#1f77b4", "fipo": "#d62728", "grpo": "#2ca02c", "fipo-raw": "#9467bd", "fipo-fclip-1.0-1.2": "#8c564b",
+    "fipo-tau8": "#e377c2", "fipo-tau128": "#7f7f7f", "fipo-tau256": "#bcbd22", "fipo-cliphigh-1.4": "#17becf",
+    "fipo-maxlen-25k": "#ff7f0e", "fipo-minibatch32": "#8c564b", "fipo-minibatch32-nooverlong": "#7f7f7f",
+}
+
+
+def apply_style() -> None:
+    plt.rcParams.update(STYLE)
+
+
+def color(experiment: str) -> str | None:
+    return COLORS.get(experiment)
+
+
+def grid(panels: int, columns: int = 3, size=(3.4, 2.6)):
+    """A figure with ``panels`` axes in rows of ``columns``; unused axes are hidden."""
+    apply_style()
+    columns = min(columns, panels)
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    return fig, flat[:panels]
+
+
+def plot_metric(ax, frame: pd.DataFrame, experiments: Sequence[str], metric: str, title: str, ylabel: str = "",
+                scale: float = 1.0, marker: str | None = None) -> None:
+    """One panel: ``metric`` against step for each experiment (runs are named <preset>/<experiment>)."""
+    for run in dict.fromkeys(frame["run"]):
+        experiment = run.split("/", 1)[-1]
+        if experiment not in experiments:
+            continue
+        s = series(frame, run, metric) * scale
+        ax.plot(s.index, s.values, label=catalog.label(experiment), color=color(experiment), marker=marker, ms=3)
+    ax.set_title(title)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+
+
+def panel_letter(i: int) -> str:
+    return f"({chr(ord('a') + i)})"
+
+
+def finish(fig, axes, title: str) -> None:
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.suptitle(title, y=1.06, fontsize=10)
+    fig.tight_layout()
+
+
+def _atomic(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_figure(fig, out_dir, name: str) -> list[Path]:
+    """``<name>.png`` and ``<name>.pdf``, each written whole or not at all."""
+    paths = [_atomic(Path(out_dir) / f"{name}{suffix}", lambda tmp: fig.savefig(tmp, bbox_inches="tight"))
+             for suffix in catalog.FIGURE_SUFFIXES]
+    plt.close(fig)
+    return paths
+
+
+def save_table(frame: pd.DataFrame, out_dir, name: str, caption: str = "") -> list[Path]:
+    """``<name>.csv``, ``.md`` and ``.tex`` of a table of strings and numbers."""
+    from fipo.tables import to_csv, to_latex, to_markdown
+
+    header = [str(c) for c in frame.columns]
+    rows = [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
+    paths = []
+    for suffix, render in ((".csv", to_csv), (".md", to_markdown), (".tex", lambda h, r: to_latex(h, r, caption))):
+        text = render(header, rows)
+        paths.append(_atomic(Path(out_dir) / f"{name}{suffix}", lambda tmp, text=text: Path(tmp).write_text(text)))
+    return paths
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "–" if value != value else f"{value:.1f}"
+    return str(value)
+
+
+def plot_validation(ax, frame: pd.DataFrame, experiments: Sequence[str], stat: str = "mean", title: str = "") -> None:
+    """Validation accuracy in % (Avg@N for ``stat="mean"``, Cons@N for ``"maj"``) against step."""
+    from fipo.analysis.runs import validation_metric
+
+    name = ""
+    for run in dict.fromkeys(frame["run"]):
+        experiment = run.split("/", 1)[-1]
+        if experiment not in experiments:
+            continue
+        name = validation_metric(frame, run, stat)
+        s = series(frame, run, name) * 100
+        ax.plot(s.index, s.values, label=catalog.label(experiment), color=color(experiment), marker="o", ms=3)
+    source = name.split("/")[1] if name else ""
+    n = name.split("@")[-1].split("/")[0] if name else "N"
+    ax.set_title(title or f"{source} {'Avg' if stat == 'mean' else 'Cons'}@{n} (validation)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("accuracy (%)")
