@@ -17,14 +17,16 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# The main job. Until the Snakemake pipeline lands this is the Future-KL / loss benchmark.
+# The main job: the whole pipeline (data -> verl training -> evaluation -> every figure and table) for the
+# configured preset, the tiny CPU one by default. Extra snakemake arguments: make run ARGS="fig03".
 run: $(STAMP)
-	$(PYTHON) benchmarks/bench_future_kl.py
+	$(VENV)/bin/snakemake --cores all $(ARGS)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest
 
-bench: run
+bench: $(STAMP)
+	$(PYTHON) benchmarks/bench_future_kl.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -18,7 +18,16 @@ settings.load_profile("default")
 
 
 @pytest.fixture(scope="session")
-def tiny_world(tmp_path_factory) -> dict[str, Path]:
+def ray_dir() -> Path:
+    """RAY_TMPDIR of the session's verl runs. Ray's unix sockets live under it and must stay under 108 bytes:
+    a short folder of its own (also how the tests find leftover Ray processes)."""
+    path = Path(tempfile.mkdtemp(prefix="fipo-ray-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory, ray_dir) -> dict[str, Path]:
     """The tiny preset's data and warm-started base model, built once per test session (~30 s)."""
     from fipo.tiny import build_tiny_base_model, prepare_tiny_data
 
@@ -26,7 +35,4 @@ def tiny_world(tmp_path_factory) -> dict[str, Path]:
     data_dir, results_dir = root / "data", root / "results"
     prepare_tiny_data(data_dir)
     model = build_tiny_base_model(results_dir / "tiny" / "base_model", log=lambda msg: None)
-    # Ray's unix sockets live under RAY_TMPDIR and must stay under 108 bytes: a short folder of its own.
-    ray_dir = Path(tempfile.mkdtemp(prefix="fipo-ray-", dir="/tmp"))
-    yield {"root": root, "data": data_dir, "results": results_dir, "model": model, "ray": ray_dir}
-    shutil.rmtree(ray_dir, ignore_errors=True)
+    return {"root": root, "data": data_dir, "results": results_dir, "model": model, "ray": ray_dir}

@@ -31,3 +31,14 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")
+
+
+def test_make_run_is_the_pipeline_on_the_tiny_default():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^run: \$\(STAMP\)\n\t\$\(VENV\)/bin/snakemake --cores all", makefile, re.M)
+    assert yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["preset"] == "tiny"
+    quick_start = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert "make run" in quick_start and "snakemake --cores all" in quick_start
+    dependencies = " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    for package in ("snakemake", "snakemake-executor-plugin-slurm", "papermill", "nbformat", "ipykernel"):
+        assert package in dependencies

@@ -1,5 +1,7 @@
-"""End to end on CPU: the real verl trainer (`python -m verl.trainer.main_ppo`, via `python -m fipo train`) runs
-the tiny preset for a few steps, logs what the figures need, checkpoints, and resumes after a kill."""
+"""`python -m fipo train` on CPU, the real verl trainer: a run killed outright (a crash, no clean shutdown)
+resumes from its checkpoint with every step logged once, and the wall-clock limit stops the whole tree.
+What a finished run logs, checkpoint conversion and evaluation are checked on the pipeline's smoke run
+(tests/test_pipeline.py)."""
 
 import json
 import os
@@ -10,33 +12,6 @@ import time
 
 import psutil
 import pytest
-
-COMMON_METRICS = [
-    "response_length/mean",
-    "response_length/max",
-    "response_length/min",
-    "response_length/clip_ratio",
-    "critic/score/mean",
-    "critic/rewards/mean",
-    "critic/advantages/mean",
-    "actor/ppo_kl",
-    "actor/entropy",
-    "actor/grad_norm",
-    "actor/pg_clipfrac",
-    "actor/pg_clipfrac_lower",
-    "actor/pg_loss",
-    "timing_s/step",
-]
-FIPO_METRICS = [
-    "actor/influence_weights_mean",
-    "actor/influence_weights_min",
-    "actor/influence_weights_max",
-    "actor/IW_overall_clip_ratio",
-    "actor/IW_upper_clip_ratio",
-    "actor/IW_lower_clip_ratio",
-    "actor/future_kl_mean",
-]
-VAL_METRIC = "val-core/math_dapo/acc/mean@8"
 
 
 def fipo_train(world, experiment, *overrides, **popen):
@@ -57,47 +32,6 @@ def finish(process, timeout=600):
 def read_metrics(world, experiment):
     path = world["results"] / "tiny" / "runs" / experiment / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("experiment", ["fipo", "dapo"])
-def test_three_step_run_logs_what_the_figures_need_and_checkpoints(tiny_world, experiment):
-    output = finish(fipo_train(tiny_world, experiment, "trainer.total_training_steps=3", "trainer.save_freq=3",
-                               "trainer.test_freq=3"))
-    assert "Training Progress" in output  # progress reaches the console
-    records = read_metrics(tiny_world, experiment)
-    steps = [r["step"] for r in records]
-    assert steps == [0, 1, 2, 3]  # validation before training, then each step once
-    train = [r["data"] for r in records if r["step"] > 0]
-    expected = COMMON_METRICS + (FIPO_METRICS if experiment == "fipo" else [])
-    for name in expected:
-        assert all(name in d for d in train), f"{name} missing from {experiment} metrics"
-    assert any("training/filter_groups/evicted_samples" in d for d in train)  # DAPO dynamic sampling
-    assert VAL_METRIC in records[0]["data"] and VAL_METRIC in records[-1]["data"]
-    checkpoint = tiny_world["results"] / "tiny" / "runs" / experiment / "checkpoints"
-    assert (checkpoint / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
-    assert (checkpoint / "global_step_3" / "actor").is_dir()
-    if experiment == "fipo":
-        weights = [(d["actor/influence_weights_min"], d["actor/influence_weights_max"]) for d in train]
-        assert any(lo < 1.0 or hi > 1.0 for lo, hi in weights), weights  # f leaves 1 from the 2nd mini-batch
-        check_conversion_and_evaluation(tiny_world, checkpoint)
-    else:
-        assert not any(name in train[0] for name in FIPO_METRICS)
-
-
-def check_conversion_and_evaluation(world, checkpoint):
-    """verl's model merger turns the checkpoint into a Hugging Face folder that `fipo eval` can sample."""
-    target = world["root"] / "hf_fipo_step3"
-    out = subprocess.run([sys.executable, "-m", "fipo", "convert", "--preset", "tiny", "--experiment", "fipo",
-                          "--results-dir", str(world["results"]), "--out", str(target)],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file()
-    out = subprocess.run([sys.executable, "-m", "fipo", "eval", "--model", str(target), "--benchmark", "tiny-test",
-                          "--backend", "hf", "--n", "2", "--max-tokens", "48", "--data-dir", str(world["data"]),
-                          "--out", str(world["root"] / "eval_step3")], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.startswith("tiny-test: Avg@2 ")
 
 
 def kill_tree(process):

@@ -1,0 +1,92 @@
+# One papermill-executed notebook per figure and table (notebooks/<id>.ipynb), the executed copy kept beside
+# its outputs; then the index page. Targets: `figures`, `tables`, one per artifact (`fig03`, `table5`, ...),
+# and one per ablation family of the preset (`ablation_tau`, ...).
+
+
+rule figure:
+    input:
+        artifact_inputs,
+    output:
+        f"{RESULTS}/{{preset}}/figures/{{artifact}}.png",
+        f"{RESULTS}/{{preset}}/figures/{{artifact}}.pdf",
+        f"{RESULTS}/{{preset}}/notebooks/{{artifact}}.ipynb",
+    wildcard_constraints:
+        artifact="fig[0-9]+|influence",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/{{preset}}/notebooks/{{artifact}}.log",
+    params:
+        cmd=papermill,
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule table:
+    input:
+        artifact_inputs,
+    output:
+        f"{RESULTS}/{{preset}}/tables/{{artifact}}.csv",
+        f"{RESULTS}/{{preset}}/tables/{{artifact}}.md",
+        f"{RESULTS}/{{preset}}/tables/{{artifact}}.tex",
+        f"{RESULTS}/{{preset}}/notebooks/{{artifact}}.ipynb",
+    wildcard_constraints:
+        artifact="table[0-9]+",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/{{preset}}/notebooks/{{artifact}}.log",
+    params:
+        cmd=papermill,
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule index:
+    input:
+        "notebooks/index.ipynb",
+        [f for a in ARTIFACTS for f in artifact_files(a.id)],
+    output:
+        html=f"{RESULTS}/{PRESET}/index.html",
+        notebook=f"{RESULTS}/{PRESET}/notebooks/index.ipynb",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/{PRESET}/notebooks/index.log",
+    params:
+        cmd=lambda wildcards, output: " ".join([PYTHON, "-m", "papermill", "--kernel", "python3", "--log-output",
+            "notebooks/index.ipynb", output.notebook, "-p", "preset", PRESET, "-p", "results_dir", RESULTS,
+            "-p", "out", output.html]),
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        [f for a in FIGURES for f in artifact_files(a)],
+
+
+rule tables:
+    input:
+        [f for a in TABLES for f in artifact_files(a)],
+
+
+for _artifact in ARTIFACTS:
+
+    rule:
+        name:
+            _artifact.id
+        input:
+            artifact_files(_artifact.id),
+
+
+for _family, _members in ablations(PRESET).items():
+
+    rule:
+        # the family's runs and evaluations, and every artifact that compares only runs of the family
+        name:
+            _family
+        input:
+            [run_record(e) for e in _members],
+            all_eval_summaries(_members),
+            [f for a in ARTIFACTS if a.experiments and set(a.experiments) <= set(_members) for f in artifact_files(a.id)],

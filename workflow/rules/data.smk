@@ -1,0 +1,61 @@
+# Data in verl's parquet format, and the tiny preset's locally made base model.
+
+
+rule tiny_data:
+    output:
+        dataset_files(["tiny-train", "tiny-val", "tiny-test"]),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/data/tiny.log",
+    params:
+        cmd=cli("data", "tiny", "--data-dir", DATA),
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule aime_data:
+    input:
+        "data/aime/aime2024.jsonl",
+        "data/aime/aime2025.jsonl",
+    output:
+        dataset_files(["aime2024", "aime2025"]),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/data/aime.log",
+    params:
+        cmd=cli("data", "aime", "--data-dir", DATA),
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule dapo_data:
+    output:
+        dataset_files(["dapo-math-17k"]),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/data/dapo-math-17k.log",
+    params:
+        cmd=cli("data", "dapo", "--data-dir", DATA)
+        + (f" --source {shlex.quote(config['dapo_source'])}" if config.get("dapo_source") else ""),
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule tiny_model:
+    # tokenizer + 240k-parameter Qwen2 model + 300-step warm start, written atomically (fipo/tiny.py)
+    output:
+        f"{RESULTS}/tiny/base_model/tiny_model.json",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/data/tiny_model.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tiny_model.tsv"
+    threads: workflow.cores
+    params:
+        cmd=cli("tiny-model", "--results-dir", RESULTS),
+    shell:
+        "{params.cmd} > {log} 2>&1"

@@ -1,0 +1,25 @@
+# Evaluation of each run's selected checkpoint: n samples per problem (32, AIME practice), vLLM on GPUs or
+# transformers on CPU (the preset's evaluation section). `fipo eval` resumes from its per-sample file.
+
+
+rule evaluate:
+    input:
+        f"{RESULTS}/{{preset}}/runs/{{experiment}}/hf/selected",
+        lambda wildcards: dataset_files([wildcards.benchmark]),
+    output:
+        f"{RESULTS}/{{preset}}/eval/{{experiment}}/{{benchmark}}/summary.json",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/{{preset}}/eval/{{experiment}}-{{benchmark}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{preset}}/eval/{{experiment}}-{{benchmark}}.tsv"
+    threads: lambda wildcards: 1 if EVAL.backend == "vllm" else workflow.cores
+    resources:
+        gpu=lambda wildcards: EVAL.tensor_parallel_size if EVAL.backend == "vllm" else 0,
+        mem_mb=lambda wildcards: 200_000 if EVAL.backend == "vllm" else 4000,
+        runtime=lambda wildcards: (config.get("eval") or {}).get("runtime_min") or 240,
+    params:
+        cmd=eval_params,
+    shell:
+        "{params.cmd} > {log} 2>&1"

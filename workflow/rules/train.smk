@@ -1,0 +1,62 @@
+# One verl training run per experiment (python -m verl.trainer.main_ppo via `fipo train`): CPU support and the
+# transformers rollout for the tiny preset, Ray + FSDP + vLLM on GPUs for the paper presets. verl resumes from
+# the run's latest checkpoint by itself, so rerunning an interrupted job continues it; run.json is written
+# only when verl exits 0, so an interrupted run is never taken for a finished one.
+
+
+rule train:
+    input:
+        train_inputs,
+    output:
+        f"{RESULTS}/{{preset}}/runs/{{experiment}}/run.json",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/{{preset}}/train/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{preset}}/train/{{experiment}}.tsv"
+    # CPU runs take every core: two verl runs side by side on 2 cores are slower than one after the other.
+    threads: lambda wildcards: workflow.cores if SPECS[wildcards.experiment].trainer.device == "cpu" else 1
+    resources:
+        mem_mb=lambda wildcards: gpu_resources(SPECS[wildcards.experiment])["mem_mb"],
+        runtime=lambda wildcards: gpu_resources(SPECS[wildcards.experiment])["runtime"],
+        gpu=lambda wildcards: gpu_resources(SPECS[wildcards.experiment])["gpu"],
+        nodes=lambda wildcards: gpu_resources(SPECS[wildcards.experiment])["nodes"],
+    params:
+        cmd=train_params,
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule lengths:
+    # per-step response-length quantiles from verl's rollout dumps (Figures 3 and 8)
+    input:
+        f"{RESULTS}/{{preset}}/runs/{{experiment}}/run.json",
+    output:
+        f"{RESULTS}/{{preset}}/runs/{{experiment}}/length_stats.csv",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/{{preset}}/lengths/{{experiment}}.log",
+    params:
+        cmd=lambda wildcards, output: cli("lengths", "--preset", PRESET, "--experiment", wildcards.experiment,
+                                          "--results-dir", RESULTS, "--out", output[0]),
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule convert:
+    # the checkpoint the preset's evaluation names (last, or best by validation) as a Hugging Face folder
+    input:
+        f"{RESULTS}/{{preset}}/runs/{{experiment}}/run.json",
+    output:
+        directory(f"{RESULTS}/{{preset}}/runs/{{experiment}}/hf/selected"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/{{preset}}/convert/{{experiment}}.log",
+    params:
+        cmd=lambda wildcards, output: cli("convert", "--preset", PRESET, "--experiment", wildcards.experiment,
+                                          "--which", EVAL.checkpoint, "--results-dir", RESULTS, "--out", output[0]),
+    shell:
+        "{params.cmd} > {log} 2>&1"
