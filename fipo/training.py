@@ -22,6 +22,7 @@ def run_training(exp: Experiment, run: RunPaths, overrides: list[str], timeout_s
     however it ends (and before it starts, so that a crash of this process loses nothing either)."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
     merge_attempts(run.run_dir)
+    overrides = resume_point(run, overrides)
     attempt = next_attempt_path(run.run_dir)
     env = {**os.environ, **verl_environment(run, exp, metrics_path=attempt)}
     print(f"[fipo] {exp.run_id}: {command_line(overrides)}", file=sys.stderr, flush=True)
@@ -54,6 +55,32 @@ def run_training(exp: Experiment, run: RunPaths, overrides: list[str], timeout_s
         merge_attempts(run.run_dir)
     print(f"[fipo] {exp.run_id}: exit {code} after {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
     return code
+
+
+LOGGED_STEP_MARKER = "timing_s/step"  # verl logs it with every trained step's metrics
+
+
+def resume_point(run: RunPaths, overrides: list[str]) -> list[str]:
+    """Where this attempt resumes. verl saves a step's checkpoint before it logs that step's metrics, so a run
+    stopped in between would resume after a step whose metrics are lost for good. Then resume from the
+    checkpoint before it (or from scratch) and train that step again."""
+    from fipo.eval.checkpoints import checkpoint_steps
+
+    marker = run.checkpoints / "latest_checkpointed_iteration.txt"
+    if not marker.is_file():
+        return overrides
+    latest = int(marker.read_text().strip())
+    steps = read_steps(run.metrics) if run.metrics.is_file() else {}
+    if LOGGED_STEP_MARKER in steps.get(latest, {}):
+        return overrides
+    earlier = [s for s in checkpoint_steps(run.checkpoints) if s < latest]
+    resume = (["trainer.resume_mode=resume_path", f"trainer.resume_from_path={run.checkpoints / f'global_step_{earlier[-1]}'}"]
+              if earlier else ["trainer.resume_mode=disable"])
+    print(f"[fipo] checkpoint {latest} was saved but its metrics were never logged: "
+          f"{'resuming from step ' + str(earlier[-1]) if earlier else 'starting over'} to train step {latest} again",
+          file=sys.stderr, flush=True)
+    kept = [o for o in overrides if not o.startswith(("trainer.resume_mode=", "trainer.resume_from_path="))]
+    return kept + resume
 
 
 def _raise_interrupt(signum, frame):
