@@ -10,16 +10,16 @@ import time
 from pathlib import Path
 
 from fipo import data as data_mod
+from fipo.eval import BENCHMARKS
+from fipo.eval.checkpoints import SELECTIONS
+from fipo.eval.sampling import BACKENDS
+from fipo.eval.scoring import SCORERS
 from fipo.experiment import SpecError, list_experiments, list_presets, load_experiment
 from fipo import training
 from fipo.analysis.errors import AnalysisError
-from fipo.verl_command import RunPaths, command_line, model_path, verl_environment, verl_overrides
+from fipo.verl_command import command_line, model_path, run_paths, verl_environment, verl_overrides
 
 DEFAULT_RESULTS = Path("results")
-
-
-def run_paths(results_dir: Path, preset: str, experiment: str) -> RunPaths:
-    return RunPaths(Path(results_dir) / preset / "runs" / experiment)
 
 
 def cmd_experiments(args) -> int:
@@ -124,7 +124,7 @@ def cmd_lengths(args) -> int:
 
     exp = load_experiment(args.preset, args.experiment)
     run = run_paths(args.results_dir, args.preset, args.experiment)
-    out = args.out or run.run_dir / "length_stats.csv"
+    out = args.out or run.length_stats
     print(write_length_stats(run.rollouts, out, model_path(exp, args.results_dir), exp.data.max_response_length,
                              log=lambda msg: print(msg, file=sys.stderr, flush=True)))
     return 0
@@ -173,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="sample and score a model on AIME 2024/2025 or the tiny test set")
     p.add_argument("--model", required=True, help="a Hugging Face model folder")
-    p.add_argument("--benchmark", required=True, choices=["aime2024", "aime2025", "tiny-test"])
-    p.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
-    p.add_argument("--scorer", default="math_dapo", choices=["math_dapo", "math_verify"])
+    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    p.add_argument("--backend", default="vllm", choices=BACKENDS)
+    p.add_argument("--scorer", default="math_dapo", choices=SCORERS)
     p.add_argument("--n", type=int, default=32)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.7)
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--experiment", required=True)
     p.add_argument("--step", type=int, help="a checkpointed step (default: chosen by --which)")
-    p.add_argument("--which", default="last", choices=["last", "best"])
+    p.add_argument("--which", default="last", choices=SELECTIONS)
     p.add_argument("--metric", help="validation metric for --which best, e.g. val-core/aime2024/acc/mean@32")
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--out", type=Path)

@@ -13,11 +13,11 @@ extra_info {index, split, ...}.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from fipo.files import atomic_write
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
@@ -76,16 +76,7 @@ def verl_row(*, data_source: str, problem: str, answer: str, index: int, split: 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
     """Write to a temporary file beside ``path`` and rename: a crash never leaves a half-written parquet."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def read_aime_jsonl(path: Path) -> list[dict]:

@@ -23,6 +23,11 @@ from typing import Any, Optional
 
 import yaml
 
+from fipo.eval import BENCHMARKS
+from fipo.eval.checkpoints import SELECTIONS
+from fipo.eval.sampling import BACKENDS
+from fipo.eval.scoring import SCORERS
+
 # The spec folder (methods.yaml, presets/); FIPO_CONFIG_DIR points every tool, the pipeline included, elsewhere.
 CONFIG_DIR = Path(os.environ.get("FIPO_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "config")
 
@@ -147,12 +152,7 @@ class EvaluationSpec:
     scorer: str = "math_dapo"
 
 
-EVAL_CHOICES = {
-    "benchmarks": ("aime2024", "aime2025", "tiny-test"),
-    "checkpoint": ("last", "best"),
-    "backend": ("vllm", "hf"),
-    "scorer": ("math_dapo", "math_verify"),
-}
+EVAL_CHOICES = {"benchmarks": BENCHMARKS, "checkpoint": SELECTIONS, "backend": BACKENDS, "scorer": SCORERS}
 
 
 @dataclass(frozen=True)

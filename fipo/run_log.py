@@ -11,10 +11,10 @@ step) are merged key by key.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from fipo.files import MalformedLineError, read_jsonl, write_text_atomic
 
 ATTEMPT_PATTERN = re.compile(r"^metrics\.attempt-(\d+)\.jsonl$")
 
@@ -33,18 +33,9 @@ def next_attempt_path(run_dir: Path) -> Path:
 def read_steps(path: Path) -> dict[int, dict]:
     """step -> merged metrics of one attempt file. A torn last line (a crash mid-write) is skipped."""
     steps: dict[int, dict] = {}
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break  # the write the crash interrupted
-            raise ValueError(f"{path}:{number}: malformed metrics line") from None
+    for number, record in read_jsonl(path, "metrics", skip_blank=True):
         if not isinstance(record, dict) or "step" not in record or not isinstance(record.get("data"), dict):
-            raise ValueError(f"{path}:{number}: expected {{'step': N, 'data': {{...}}}}")
+            raise MalformedLineError(path, number, "expected {'step': N, 'data': {...}}")
         steps.setdefault(int(record["step"]), {}).update(record["data"])
     return steps
 
@@ -60,10 +51,5 @@ def merge_attempts(run_dir: Path) -> Path | None:
             merged.setdefault(step, {}).update(data)
     if not merged:
         return None
-    target = run_dir / "metrics.jsonl"
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".metrics.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        for step in sorted(merged):
-            f.write(json.dumps({"step": step, "data": merged[step]}) + "\n")
-    os.replace(tmp, target)
-    return target
+    text = "".join(json.dumps({"step": step, "data": merged[step]}) + "\n" for step in sorted(merged))
+    return write_text_atomic(run_dir / "metrics.jsonl", text)

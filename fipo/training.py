@@ -10,6 +10,7 @@ import sys
 import time
 
 from fipo.experiment import Experiment
+from fipo.files import write_text_atomic
 from fipo.run_log import merge_attempts, next_attempt_path, read_steps
 from fipo.verl_command import VERL_ENTRY, RunPaths, command_line, verl_environment
 
@@ -103,12 +104,7 @@ def _stop_tree(process: subprocess.Popen, grace_s: float = 10.0) -> None:
 def write_record(path, exp: Experiment, run: RunPaths, overrides: list[str], wall_s: float) -> None:
     """The completion record of a finished run (the pipeline's ``run.json``), written atomically and only after
     verl exited 0: its presence means the run is complete."""
-    from pathlib import Path
-
     steps = read_steps(run.metrics) if run.metrics.is_file() else {}
     record = {"preset": exp.preset, "experiment": exp.name, "steps_logged": len(steps),
               "last_step": max(steps, default=None), "wall_s": round(wall_s, 1), "command": command_line(overrides)}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")

@@ -44,6 +44,16 @@ class RunPaths:
         """verl's own rollout dumps (``trainer.rollout_data_dir``): one ``<step>.jsonl`` of decoded responses."""
         return self.run_dir / "rollouts"
 
+    @property
+    def length_stats(self) -> Path:
+        """Per-step response-length quantiles computed from the rollout dumps (``python -m fipo lengths``)."""
+        return self.run_dir / "length_stats.csv"
+
+
+def run_paths(results_dir, preset: str, experiment: str) -> RunPaths:
+    """The run of ``experiment`` in ``preset``: ``<results>/<preset>/runs/<experiment>/``."""
+    return RunPaths(Path(results_dir) / preset / "runs" / experiment)
+
 
 def hydra_value(value: Any) -> str:
     """A Python value as Hydra override syntax."""

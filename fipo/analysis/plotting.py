@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fipo.analysis import catalog  # noqa: E402
+from fipo.files import atomic_write, write_text_atomic  # noqa: E402
 from fipo.analysis.runs import series  # noqa: E402
 
 STYLE = {
@@ -75,22 +74,10 @@ def finish(fig, axes, title: str) -> None:
     fig.tight_layout()
 
 
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save_figure(fig, out_dir, name: str) -> list[Path]:
     """``<name>.png`` and ``<name>.pdf``, each written whole or not at all."""
-    paths = [_atomic(Path(out_dir) / f"{name}{suffix}", lambda tmp: fig.savefig(tmp, bbox_inches="tight"))
+    paths = [atomic_write(Path(out_dir) / f"{name}{suffix}",
+                          lambda tmp, suffix=suffix: fig.savefig(tmp, format=suffix[1:], bbox_inches="tight"))
              for suffix in catalog.FIGURE_SUFFIXES]
     plt.close(fig)
     return paths
@@ -104,8 +91,7 @@ def save_table(frame: pd.DataFrame, out_dir, name: str, caption: str = "") -> li
     rows = [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
     paths = []
     for suffix, render in ((".csv", to_csv), (".md", to_markdown), (".tex", lambda h, r: to_latex(h, r, caption))):
-        text = render(header, rows)
-        paths.append(_atomic(Path(out_dir) / f"{name}{suffix}", lambda tmp, text=text: Path(tmp).write_text(text)))
+        paths.append(write_text_atomic(Path(out_dir) / f"{name}{suffix}", render(header, rows)))
     return paths
 
 

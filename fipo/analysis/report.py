@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from fipo.analysis import catalog
-from fipo.analysis.runs import load_metrics, run_paths
+from fipo.analysis.runs import run_paths
+from fipo.run_log import read_steps
 from fipo.experiment import evaluation, load_experiment, preset_info
 
 
@@ -38,17 +38,21 @@ def _run_status(results_dir, preset: str, experiment: str) -> str:
     path = run_paths(results_dir, preset, experiment).metrics
     if not path.is_file():
         return "not run"
-    steps = load_metrics(path, preset, experiment)["step"]
-    return f"steps logged: {steps.min()}–{steps.max()}"
+    steps = read_steps(path)
+    return f"steps logged: {min(steps)}–{max(steps)}" if steps else "nothing logged"
 
 
 def index_html(results_dir, preset: str, page_dir: Path) -> str:
     """The page; links are relative to ``page_dir`` (where the page is written)."""
     page_dir = Path(page_dir)
+    artifacts = catalog.artifacts_for(preset)
+    # each run's settings and log once, however many artifacts compare it (a 32B log is ~10^5 rows)
+    rows = {e: run_settings(preset, e) | {"run": _run_status(results_dir, preset, e)}
+            for e in dict.fromkeys(e for art in artifacts for e in art.experiments)}
     parts = [f"<h1>FIPO Workbench: preset {html.escape(preset)}</h1>",
              f"<p>{html.escape(preset_info(preset)['description'])}</p>",
              f"<p>Evaluation: {html.escape(str(evaluation(preset)))}</p>"]
-    for art in catalog.artifacts_for(preset):
+    for art in artifacts:
         parts.append(f"<h2 id='{art.id}'>{art.id}: {html.escape(art.title)}</h2>")
         files = catalog.outputs(results_dir, preset, art)
         links = [f"<a href='{os.path.relpath(p, page_dir)}'>{p.name}</a>" if p.is_file() else f"{p.name} (missing)"
@@ -61,18 +65,7 @@ def index_html(results_dir, preset: str, page_dir: Path) -> str:
         elif art.kind == "table" and files[0].is_file():
             parts.append(pd.read_csv(files[0]).to_html(index=False, na_rep="–", border=0))
         if art.experiments:
-            rows = {e: run_settings(preset, e) | {"run": _run_status(results_dir, preset, e)} for e in art.experiments}
-            parts.append(pd.DataFrame(rows).T.to_html(border=0))
+            parts.append(pd.DataFrame({e: rows[e] for e in art.experiments}).T.to_html(border=0))
     style = "body{font-family:sans-serif;max-width:1100px;margin:auto} table{border-collapse:collapse;font-size:12px} td,th{padding:2px 8px}"
     return f"<!doctype html><html><head><meta charset='utf-8'><title>FIPO Workbench: {html.escape(preset)}</title>" \
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path

@@ -11,8 +11,6 @@ notebooks read the cached ``length_stats.csv``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -21,6 +19,7 @@ import pandas as pd
 
 from fipo.analysis.derived import length_quantiles
 from fipo.analysis.errors import MalformedLogError, MissingRunError
+from fipo.files import atomic_write
 
 
 def dump_files(rollout_dir: Path) -> dict[int, Path]:
@@ -71,13 +70,7 @@ def write_length_stats(rollout_dir: Path, out: Path, tokenizer_path: str, max_re
                        log: Optional[Callable[[str], None]] = None) -> Path:
     """Per-step length quantiles of a run as CSV, written atomically."""
     stats = length_quantiles(response_lengths(rollout_dir, tokenizer_counter(tokenizer_path), max_response_length, log))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        stats.to_csv(f, index=False)
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, lambda tmp: stats.to_csv(tmp, index=False))
 
 
 def load_length_stats(path: Path, run: str) -> pd.DataFrame:

@@ -14,14 +14,11 @@ from typing import Iterable, Optional, Sequence
 import pandas as pd
 
 from fipo.analysis.errors import MalformedLogError, MissingMetricError, MissingRunError
+from fipo.files import MalformedLineError
 from fipo.run_log import read_steps
-from fipo.verl_command import RunPaths
+from fipo.verl_command import run_paths
 
 COLUMNS = ["run", "preset", "experiment", "step", "metric", "value"]
-
-
-def run_paths(results_dir, preset: str, experiment: str) -> RunPaths:
-    return RunPaths(Path(results_dir) / preset / "runs" / experiment)
 
 
 def load_metrics(path, preset: str = "", experiment: str = "") -> pd.DataFrame:
@@ -32,9 +29,8 @@ def load_metrics(path, preset: str = "", experiment: str = "") -> pd.DataFrame:
         raise MissingRunError(run, path, "train it first, e.g. `snakemake <that path>` or `python -m fipo train`")
     try:
         steps = read_steps(path)
-    except ValueError as err:
-        line = re.search(r":(\d+):", str(err))
-        raise MalformedLogError(path, int(line.group(1)) if line else 0, str(err).split(": ", 1)[-1]) from None
+    except MalformedLineError as err:
+        raise MalformedLogError(path, err.line, err.reason) from None
     rows = [
         (run, preset, experiment, step, metric, float(value))
         for step, data in steps.items()

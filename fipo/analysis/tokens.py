@@ -3,13 +3,13 @@ influence notebook: which tokens of a response FIPO up- or down-weights, and how
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fipo.analysis.errors import MalformedLogError, MissingRunError
+from fipo.files import MalformedLineError, read_jsonl
 
 FIELDS = ("log_ratio", "future_kl", "influence_weight", "advantage")
 
@@ -27,15 +27,15 @@ def load_token_dumps(run_dir: Path) -> pd.DataFrame:
     per-token arrays. A torn last line (a crash mid-write) is skipped; a bad line elsewhere is an error."""
     rows = []
     for path in dump_files(run_dir):
-        lines = path.read_text().splitlines()
-        for number, line in enumerate(lines, 1):
+        try:
+            records = list(read_jsonl(path, "token-dump"))
+        except MalformedLineError as err:
+            raise MalformedLogError(path, err.line, err.reason) from None
+        for number, record in records:
             try:
-                record = json.loads(line)
                 responses = record["responses"]
                 time = float(record["time"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                if number == len(lines):
-                    break
+            except (KeyError, TypeError, ValueError):
                 raise MalformedLogError(path, number, "expected a token-dump record") from None
             for response in responses:
                 if any(len(response[f]) != len(response["influence_weight"]) for f in FIELDS):

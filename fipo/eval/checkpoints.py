@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
+SELECTIONS = ("last", "best")  # which checkpoint to evaluate
 
 
 def checkpoint_steps(checkpoint_dir: Path) -> list[int]:
@@ -30,7 +31,7 @@ def select_step(checkpoint_dir: Path, which: str = "last", metrics_path: Path | 
     if which == "last":
         return steps[-1]
     if which != "best":
-        raise ValueError(f"checkpoint selection {which!r}; allowed: last, best")
+        raise ValueError(f"checkpoint selection {which!r}; allowed: {', '.join(SELECTIONS)}")
     if metrics_path is None or metric is None:
         raise ValueError("selecting the best checkpoint needs the run's metrics file and a validation metric")
     values = {}

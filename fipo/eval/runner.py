@@ -18,12 +18,14 @@ from typing import Callable, Optional
 
 import pandas as pd
 
+from fipo.files import atomic_write, read_jsonl, write_text_atomic
+
 from fipo.data import DEFAULT_DATA_DIR, dataset_path, require_datasets
+from fipo.eval import BENCHMARKS
 from fipo.eval.metrics import ProblemResult, summarize
 from fipo.eval.sampling import Sampler, SamplingSettings, make_sampler
 from fipo.eval.scoring import get_scorer
 
-BENCHMARKS = ("aime2024", "aime2025", "tiny-test")
 SAMPLES_FILE, SUMMARY_FILE, SUMMARY_CSV, SETTINGS_FILE = "samples.jsonl", "summary.json", "summary.csv", "settings.json"
 
 
@@ -51,14 +53,7 @@ def read_finished(path: Path, n: int) -> dict[str, list[dict]]:
     if not path.exists():
         return {}
     by_problem: dict[str, list[dict]] = {}
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break  # a write torn by the crash
-            raise ValueError(f"{path}:{number}: malformed sample line") from None
+    for _, record in read_jsonl(path, "sample"):
         by_problem.setdefault(record["problem_id"], []).append(record)
     return {pid: recs for pid, recs in by_problem.items() if len(recs) == n}
 
@@ -152,13 +147,13 @@ def summarize_records(problems: list[dict], finished: dict[str, list[dict]], see
 
 
 def write_summary(out_dir: Path, summary: dict) -> None:
-    tmp = out_dir / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out_dir / SUMMARY_FILE)
+    write_text_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     rows = summary["per_problem"]
-    tmp = out_dir / (SUMMARY_CSV + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out_dir / SUMMARY_CSV)
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(out_dir / SUMMARY_CSV, write_csv)
