@@ -5,7 +5,9 @@ definitions in config/methods.yaml. An experiment resolves as the deep merge of,
     ->  the experiment's ``base:`` chain (each one's ``set:``)  ->  the experiment's own ``set:``
 
 and is then validated into frozen dataclasses: every unknown key, wrong type or out-of-range value raises
-:class:`SpecError` naming the file, the key path and what is allowed, before anything runs.
+:class:`SpecError` naming the key path, what is allowed and the layer (file and part) that wrote the value,
+before anything runs. Spec files are read refusing duplicate keys, and every preset, method, experiment and
+ablation family name is checked (NAME_PATTERN, FAMILY_PATTERN) before anything uses it.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ import copy
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
+from fipo.data import DATASETS
 from fipo.eval import BENCHMARKS
 from fipo.eval.checkpoints import SELECTIONS
 from fipo.eval.sampling import BACKENDS
@@ -34,6 +38,22 @@ CONFIG_DIR = Path(os.environ.get("FIPO_CONFIG_DIR") or Path(__file__).resolve().
 
 class SpecError(ValueError):
     """Bad experiment spec: names the file, the key and the allowed values."""
+
+
+# Preset, method and experiment names become folder names (results/<preset>/runs/<experiment>), Snakemake
+# wildcards and words of shell commands: letters, digits, '.', '_' and '-' only, and never a leading '.' or '-'
+# (no '..', nothing a command line would take for an option).
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Ablation families become Snakemake rule names, which must be Python identifiers.
+FAMILY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_name(kind: str, name: Any, where: str, pattern: re.Pattern = NAME_PATTERN) -> str:
+    """``name`` if it matches ``pattern`` (NAME_PATTERN unless told), else SpecError naming ``where``, the name
+    and the pattern. fullmatch, not match: ``$`` alone would let a trailing newline through."""
+    if not isinstance(name, str) or not pattern.fullmatch(name):
+        raise SpecError(f"{where}: {kind} name {name!r} is not allowed; names must match {pattern.pattern}")
+    return name
 
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -227,15 +247,56 @@ PRESET_KEYS = {"description", "paper_table", "defaults", "methods", "experiments
 # ------------------------------------------------------------------------------------ loading & merging
 
 
+def _show(path: Path) -> str:
+    """A spec file as the user knows it: relative to the working directory when under it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(key, line, first)
+        self.key, self.line, self.first = key, line, first
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """safe_load that refuses a key written twice in one mapping. PyYAML keeps the last one silently: an
+    experiment defined twice trained with the second body under the first one's label."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' may appear next to overrides
+                continue
+            key = self.construct_object(key_node, deep=True)
+            marker = (type(key), key)  # 1 and true are equal in Python, not in YAML
+            try:
+                first = seen.get(marker)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise _DuplicateKey(key, line, first)
+            seen[marker] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise SpecError(f"spec file not found: {path}")
+        raise SpecError(f"spec file not found: {_show(path)}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_SpecLoader)
+    except _DuplicateKey as e:
+        raise SpecError(
+            f"{_show(path)}:{e.line}: duplicate key {e.key!r} (first written at line {e.first}); "
+            "YAML would keep only the last one, so remove or rename one of them"
+        ) from None
     except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
+        raise SpecError(f"{_show(path)}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping at the top level")
+        raise SpecError(f"{_show(path)}: expected a mapping at the top level")
     return data
 
 
@@ -250,37 +311,60 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 
 def list_presets(config_dir: Path = CONFIG_DIR) -> list[str]:
-    return sorted(p.stem for p in (config_dir / "presets").glob("*.yaml"))
+    files = sorted((Path(config_dir) / "presets").glob("*.yaml"))
+    return [check_name("preset", p.stem, _show(p)) for p in files]
 
 
 @lru_cache(maxsize=None)
 def _load_preset(name: str, config_dir: Path) -> dict:
+    """The preset file, its structure and every name in it checked: all entry points go through here, so
+    no bad name gets as far as a file path or a command line."""
+    config_dir = Path(config_dir)
+    check_name("preset", name, _show(config_dir / "presets"))
     presets = list_presets(config_dir)
     if name not in presets:
         raise SpecError(f"unknown preset {name!r}; allowed: {', '.join(presets)}")
     path = config_dir / "presets" / f"{name}.yaml"
     data = _read_yaml(path)
+    shown = _show(path)
     unknown = set(data) - PRESET_KEYS
     if unknown:
-        raise SpecError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(PRESET_KEYS)}")
+        raise SpecError(f"{shown}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(PRESET_KEYS)}")
     for key in ("defaults", "experiments"):
         if not isinstance(data.get(key), dict):
-            raise SpecError(f"{path}: '{key}' must be a mapping")
+            raise SpecError(f"{shown}: '{key}' must be a mapping")
+    for key in ("methods", "ablations", "evaluation"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise SpecError(f"{shown}: '{key}' must be a mapping")
+    for experiment, entry in data["experiments"].items():
+        check_name("experiment", experiment, f"{shown}: experiments")
+        if not isinstance(entry or {}, dict):
+            raise SpecError(f"{shown}: experiments.{experiment} must be a mapping, got {entry!r}")
+    for family, members in (data.get("ablations") or {}).items():
+        check_name("ablation family", family, f"{shown}: ablations", FAMILY_PATTERN)
+        if not (isinstance(members, list) and all(isinstance(m, str) for m in members)):
+            raise SpecError(f"{shown}: ablations.{family} must be a list of experiment names, got {members!r}")
     return data
 
 
 @lru_cache(maxsize=None)
 def _load_methods(config_dir: Path) -> dict:
-    return _read_yaml(config_dir / "methods.yaml")
+    path = Path(config_dir) / "methods.yaml"
+    methods = _read_yaml(path)
+    for method, body in methods.items():
+        check_name("method", method, _show(path))
+        if not isinstance(body, dict):
+            raise SpecError(f"{_show(path)}: method {method!r} must be a mapping, got {body!r}")
+    return methods
 
 
 def list_experiments(preset: str, config_dir: Path = CONFIG_DIR) -> list[str]:
-    return list(_load_preset(preset, config_dir)["experiments"])
+    return list(_load_preset(preset, Path(config_dir))["experiments"])
 
 
 def _method_layers(method: str, config_dir: Path, seen: tuple = ()) -> list[tuple[str, dict]]:
     methods = _load_methods(config_dir)
-    if method not in methods:
+    if not isinstance(method, str) or method not in methods:
         raise SpecError(f"config/methods.yaml: unknown method {method!r}; allowed: {', '.join(methods)}")
     if method in seen:
         raise SpecError(f"config/methods.yaml: method {method!r} inherits from itself")
@@ -293,7 +377,7 @@ def _method_layers(method: str, config_dir: Path, seen: tuple = ()) -> list[tupl
 def _experiment_chain(preset: dict, preset_name: str, name: str, seen: tuple = ()) -> list[tuple[str, dict]]:
     """[(layer name, experiment entry)] from the root of the ``base:`` chain down to ``name``."""
     experiments = preset["experiments"]
-    if name not in experiments:
+    if not isinstance(name, str) or name not in experiments:
         raise SpecError(
             f"unknown experiment {name!r} in preset {preset_name!r}; allowed: {', '.join(experiments)}"
         )
@@ -312,17 +396,97 @@ def _experiment_chain(preset: dict, preset_name: str, name: str, seen: tuple = (
 
 def experiment_layers(preset: str, name: str, config_dir: Path = CONFIG_DIR) -> list[tuple[str, dict]]:
     """Every settings layer of an experiment, in merge order, as (where it is written, settings)."""
+    config_dir = Path(config_dir)
     data = _load_preset(preset, config_dir)
     chain = _experiment_chain(data, preset, name)
     method = next((entry["method"] for _, entry in reversed(chain) if "method" in entry), None)
     if method is None:
         raise SpecError(f"preset {preset!r}, experiment {name!r}: no 'method' (here or in its base chain)")
     layers = _method_layers(method, config_dir)
+    overrides = data.get("methods") or {}
+    unknown = [m for m in overrides if m not in _load_methods(config_dir)]
+    if unknown:  # a misspelt method here would be ignored without a word
+        raise SpecError(f"{_show(config_dir / 'presets' / f'{preset}.yaml')}: methods: unknown method(s) {unknown}")
     layers.append((f"{preset}:defaults", data["defaults"]))
-    if method in (data.get("methods") or {}):
-        layers.append((f"{preset}:methods.{method}", data["methods"][method]))
+    if method in overrides:
+        layers.append((f"{preset}:methods.{method}", overrides[method]))
     layers += [(where, entry.get("set") or {}) for where, entry in chain]
     return layers
+
+
+def describe_layer(layer: str, config_dir: Path = CONFIG_DIR) -> str:
+    """An experiment_layers() name as the file and the part of it: 'tiny:defaults' ->
+    'config/presets/tiny.yaml, defaults', 'methods.yaml:fipo' -> 'config/methods.yaml, fipo'."""
+    source, _, part = layer.partition(":")  # names cannot hold ':' (NAME_PATTERN)
+    path = Path(config_dir) / (source if source == "methods.yaml" else f"presets/{source}.yaml")
+    return f"{_show(path)}, {part}"
+
+
+def _leaf_paths(value: Any, path: tuple) -> list[tuple]:
+    if isinstance(value, dict) and value:
+        return [leaf for key, sub in value.items() for leaf in _leaf_paths(sub, path + (key,))]
+    return [path]
+
+
+def _note_origins(origins: dict, current: dict, update: dict, layer: str, prefix: tuple = ()) -> None:
+    """Record ``layer`` for every leaf ``update`` writes, mirroring deep_merge: a mapping over a mapping is
+    merged key by key, anything else replaces the whole subtree (and so forgets its origins)."""
+    for key, value in update.items():
+        path = prefix + (key,)
+        if isinstance(value, dict) and isinstance(current.get(key), dict):
+            _note_origins(origins, current[key], value, layer, path)
+            continue
+        for old in [p for p in origins if p[: len(path)] == path]:
+            del origins[old]
+        origins.update(dict.fromkeys(_leaf_paths(value, path), layer))
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Which layer wrote each leaf of a merged spec last: the merged values alone cannot say whether a bad
+    fipo.tau came from the preset's defaults or from one experiment, and that is what the user must edit."""
+
+    layers: dict[tuple, str]  # key path -> experiment_layers() name
+    config_dir: Path
+
+    def _layers_under(self, path: tuple) -> list[str]:
+        found = [layer for p, layer in self.layers.items() if p[: len(path)] == path]
+        return list(dict.fromkeys(found))
+
+    def note(self, *keys: str | tuple) -> str:
+        """' (set in FILE, PART)' for the first key path (dotted, or a tuple when a key may hold a dot),
+        '; KEY set in FILE, PART' for each further one written elsewhere; '' for keys no layer wrote (defaults)."""
+        parts, first = [], None
+        for i, key in enumerate(keys):
+            path = key if isinstance(key, tuple) else tuple(key.split("."))
+            key = ".".join(map(str, path))
+            layers = self._layers_under(path)
+            if i == 0:
+                first = layers
+            elif not layers or layers == first:
+                continue
+            if layers:
+                text = " and ".join(describe_layer(layer, self.config_dir) for layer in layers)
+                parts.append(f"set in {text}" if i == 0 else f"{key} set in {text}")
+        return f" ({'; '.join(parts)})" if parts else ""
+
+    def within(self, section: str, *fields: Any) -> str:
+        """note() for fields of one section; the section itself when no field is named."""
+        return self.note(*[(section, f) for f in fields] or [(section,)])
+
+
+def merge_layers(layers: list[tuple[str, dict]], where: str, config_dir: Path = CONFIG_DIR) -> tuple[dict, Origins]:
+    """Deep-merge experiment_layers() in order: the settings and the Origins of each leaf."""
+    merged: dict = {}
+    origins: dict[tuple, str] = {}
+    for layer, settings in layers:
+        if not isinstance(settings, dict):
+            raise SpecError(
+                f"{where}: settings must be a mapping, got {settings!r} ({describe_layer(layer, config_dir)})"
+            )
+        _note_origins(origins, merged, settings, layer)
+        merged = deep_merge(merged, settings)
+    return merged, Origins(origins, Path(config_dir))
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -336,7 +500,10 @@ def _is_number(value: Any) -> bool:
 _SCALARS = {
     bool: (lambda v: isinstance(v, bool), "true/false", bool),
     int: (lambda v: _is_number(v) and isinstance(v, int), "an integer", int),
-    float: (_is_number, "a number", float),
+    # Finite only: NaN slips through every field without a range check (weight_decay, grad_clip, rope_theta...)
+    # and inf through every "> 0" one; neither is a setting anyone means to write, and both surface in verl
+    # as a NaN loss or an overflow hours later.
+    float: (lambda v: _is_number(v) and math.isfinite(v), "a finite number", float),
     str: (lambda v: isinstance(v, str), "a string", str),
 }
 
@@ -366,14 +533,19 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     raise TypeError(f"unsupported annotation {annotation!r} at {where}")
 
 
-def _build_section(cls: type, values: Any, where: str):
+def _no_note(*fields: str) -> str:
+    return ""
+
+
+def _build_section(cls: type, values: Any, where: str, note=_no_note):
+    """``note(*fields)`` says where those fields were written (Origins.within), ``note()`` the section."""
     if not isinstance(values, dict):
-        raise SpecError(f"{where}: expected a mapping, got {values!r}")
+        raise SpecError(f"{where}: expected a mapping, got {values!r}{note()}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
+    unknown = sorted(set(values) - names, key=str)
     if unknown:
-        raise SpecError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
+        raise SpecError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}{note(*unknown)}")
     missing = [
         f.name
         for f in dataclasses.fields(cls)
@@ -381,60 +553,85 @@ def _build_section(cls: type, values: Any, where: str):
     ]
     if missing:
         raise SpecError(f"{where}: missing required key(s) {missing}")
-    checked = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    checked = {}
+    for key, value in values.items():
+        try:
+            checked[key] = _check_type(value, hints[key], f"{where}.{key}")
+        except SpecError as e:
+            raise SpecError(f"{e}{note(key)}") from None
     return cls(**checked)
 
 
-def _require(ok: bool, where: str, message: str) -> None:
+def _require(ok: bool, where: str, message: str, note: str = "") -> None:
     if not ok:
-        raise SpecError(f"{where}: {message}")
+        raise SpecError(f"{where}: {message}{note}")
 
 
-def _validate_values(exp: Experiment, where: str) -> None:
+def _validate_values(exp: Experiment, where: str, origins: Optional[Origins] = None) -> None:
+    def need(ok: bool, key: str, message: str, *related: str) -> None:
+        """``key`` is what the message is about; ``related`` the other keys of a cross-key rule."""
+        _require(ok, f"{where}: {key}", message, origins.note(key, *related) if origins else "")
+
     for key, allowed in CHOICES.items():
         section, attr = key.split(".")
         value = getattr(getattr(exp, section), attr)
-        _require(value in allowed, f"{where}: {key}", f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
+        need(value in allowed, key, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
     p, f, d = exp.policy, exp.fipo, exp.data
-    _require(p.clip_ratio_low >= 0, f"{where}: policy.clip_ratio_low", f"must be >= 0, got {p.clip_ratio_low}")
-    _require(p.clip_ratio_low < 1, f"{where}: policy.clip_ratio_low", f"must be < 1, got {p.clip_ratio_low}")
-    _require(p.clip_ratio_high >= 0, f"{where}: policy.clip_ratio_high", f"must be >= 0, got {p.clip_ratio_high}")
-    _require(p.clip_ratio_c > 1, f"{where}: policy.clip_ratio_c", f"the dual-clip constant must be > 1, got {p.clip_ratio_c}")
-    _require(p.lr > 0, f"{where}: policy.lr", f"must be > 0, got {p.lr}")
-    _require(p.kl_loss_coef >= 0, f"{where}: policy.kl_loss_coef", "must be >= 0")
-    _require(f.tau > 0 and not math.isnan(f.tau), f"{where}: fipo.tau", f"the half-life must be > 0, got {f.tau}")
-    _require(len(f.f_clip_range) == 2, f"{where}: fipo.f_clip_range", "must be [low, high]")
+    # Names, not files: the files are checked (fipo.data.require_datasets) when a run starts.
+    for key, names in (("data.train", [d.train]), ("data.val", d.val)):
+        bad = [n for n in names if n not in DATASETS]
+        need(not bad, key, f"unknown dataset(s) {bad}; allowed: {', '.join(DATASETS)}")
+    need(p.clip_ratio_low >= 0, "policy.clip_ratio_low", f"must be >= 0, got {p.clip_ratio_low}")
+    need(p.clip_ratio_low < 1, "policy.clip_ratio_low", f"must be < 1, got {p.clip_ratio_low}")
+    need(p.clip_ratio_high >= 0, "policy.clip_ratio_high", f"must be >= 0, got {p.clip_ratio_high}")
+    need(p.clip_ratio_c > 1, "policy.clip_ratio_c", f"the dual-clip constant must be > 1, got {p.clip_ratio_c}")
+    need(p.lr > 0, "policy.lr", f"must be > 0, got {p.lr}")
+    need(p.kl_loss_coef >= 0, "policy.kl_loss_coef", "must be >= 0")
+    need(f.tau > 0, "fipo.tau", f"the half-life must be > 0, got {f.tau}")
+    need(len(f.f_clip_range) == 2, "fipo.f_clip_range", "must be [low, high]")
     low, high = f.f_clip_range
-    _require(low <= high, f"{where}: fipo.f_clip_range", f"low {low} > high {high}")
-    _require(0 <= low <= 1 <= high, f"{where}: fipo.f_clip_range", f"need 0 <= low <= 1 <= high, got [{low}, {high}]")
+    need(low <= high, "fipo.f_clip_range", f"low {low} > high {high}")
+    need(0 <= low <= 1 <= high, "fipo.f_clip_range", f"need 0 <= low <= 1 <= high, got [{low}, {high}]")
     if f.filter_threshold is not None:
-        _require(f.filter_threshold > 0, f"{where}: fipo.filter_threshold", "must be > 0 or null (= clip_ratio_c)")
-    _require(f.safety_threshold > 0, f"{where}: fipo.safety_threshold", "must be > 0")
-    _require(f.chunk_size >= 2, f"{where}: fipo.chunk_size", "must be >= 2")
-    _require(f.dump_every >= 0, f"{where}: fipo.dump_every", "must be >= 0")
+        need(f.filter_threshold > 0, "fipo.filter_threshold", "must be > 0 or null (= clip_ratio_c)")
+    need(f.safety_threshold > 0, "fipo.safety_threshold", "must be > 0")
+    need(f.chunk_size >= 2, "fipo.chunk_size", "must be >= 2")
+    need(f.dump_every >= 0, "fipo.dump_every", "must be >= 0")
     for key in ("max_prompt_length", "max_response_length", "train_batch_size"):
-        _require(getattr(d, key) > 0, f"{where}: data.{key}", "must be > 0")
+        need(getattr(d, key) > 0, f"data.{key}", "must be > 0")
     if d.gen_batch_size is not None:
-        _require(d.gen_batch_size >= d.train_batch_size, f"{where}: data.gen_batch_size", "must be >= train_batch_size")
-    _require(len(d.val) > 0, f"{where}: data.val", "needs at least one validation set")
-    _require(
+        need(
+            d.gen_batch_size >= d.train_batch_size, "data.gen_batch_size", "must be >= train_batch_size",
+            "data.train_batch_size",
+        )
+    need(len(d.val) > 0, "data.val", "needs at least one validation set")
+    need(
         0 < p.ppo_mini_batch_size <= d.train_batch_size and d.train_batch_size % p.ppo_mini_batch_size == 0,
-        f"{where}: policy.ppo_mini_batch_size",
+        "policy.ppo_mini_batch_size",
         f"must divide data.train_batch_size={d.train_batch_size}, got {p.ppo_mini_batch_size}",
+        "data.train_batch_size",
     )
     if exp.reward.overlong_buffer:
-        _require(
+        need(
             0 < exp.reward.overlong_buffer_len <= d.max_response_length,
-            f"{where}: reward.overlong_buffer_len",
+            "reward.overlong_buffer_len",
             f"must be in (0, max_response_length={d.max_response_length}]",
+            "data.max_response_length",
         )
-    _require(exp.rollout.n >= 2, f"{where}: rollout.n", "GRPO needs a group of at least 2 responses")
+    need(exp.rollout.n >= 2, "rollout.n", "GRPO needs a group of at least 2 responses")
     for key in ("temperature", "top_p"):
-        _require(getattr(exp.rollout, key) > 0, f"{where}: rollout.{key}", "must be > 0")
-        _require(getattr(exp.validation, key) > 0, f"{where}: validation.{key}", "must be > 0")
-    _require(exp.validation.n >= 1, f"{where}: validation.n", "must be >= 1")
+        need(getattr(exp.rollout, key) > 0, f"rollout.{key}", "must be > 0")
+        need(getattr(exp.validation, key) > 0, f"validation.{key}", "must be > 0")
+    need(exp.validation.n >= 1, "validation.n", "must be >= 1")
+    # verl reads test_freq <= 0 as "never validate" (no validation curve, no best checkpoint) and
+    # save_freq <= 0 as "never save" (nothing to convert after the whole training): both are mistakes here.
+    need(exp.validation.test_freq >= 1, "validation.test_freq", f"must be >= 1, got {exp.validation.test_freq}")
+    need(exp.trainer.save_freq >= 1, "trainer.save_freq", f"must be >= 1, got {exp.trainer.save_freq}")
+    if exp.trainer.timeout_s is not None:
+        timeout = exp.trainer.timeout_s
+        need(timeout > 0, "trainer.timeout_s", f"must be > 0 or null (no limit), got {timeout}")
     for key in ("total_training_steps", "nnodes", "n_gpus_per_node"):
-        _require(getattr(exp.trainer, key) >= 1, f"{where}: trainer.{key}", "must be >= 1")
+        need(getattr(exp.trainer, key) >= 1, f"trainer.{key}", "must be >= 1")
     if exp.policy.loss == "fipo":
         # The loss validates the knobs once more with its own rules; surface its message here, early.
         from fipo.loss import FIPOParams
@@ -449,29 +646,35 @@ def _validate_values(exp: Experiment, where: str) -> None:
 
 
 def load_experiment(preset: str, name: str, config_dir: Path = CONFIG_DIR) -> Experiment:
-    """Resolve and validate one experiment. Raises SpecError naming the key on any problem."""
+    """Resolve and validate one experiment. Raises SpecError naming the key, and the layer that wrote it,
+    on any problem."""
     config_dir = Path(config_dir)
     layers = experiment_layers(preset, name, config_dir)
-    merged: dict = {}
-    for _, settings in layers:
-        if not isinstance(settings, dict):
-            raise SpecError(f"preset {preset!r}, experiment {name!r}: settings must be a mapping")
-        merged = deep_merge(merged, settings)
     where = f"preset {preset!r}, experiment {name!r}"
-    unknown = set(merged) - set(SECTIONS) - {"engine"}
+    merged, origins = merge_layers(layers, where, config_dir)
+    unknown = sorted(set(merged) - set(SECTIONS) - {"engine"}, key=str)
     if unknown:
-        raise SpecError(f"{where}: unknown section(s) {sorted(unknown)}; allowed: {sorted(SECTIONS) + ['engine']}")
-    sections = {key: _build_section(cls, merged.get(key, {}), f"{where}: {key}") for key, cls in SECTIONS.items()}
+        raise SpecError(
+            f"{where}: unknown section(s) {unknown}; allowed: {sorted(SECTIONS) + ['engine']}"
+            f"{origins.note(*[(k,) for k in unknown])}"
+        )
+    sections = {
+        key: _build_section(cls, merged.get(key, {}), f"{where}: {key}", partial(origins.within, key))
+        for key, cls in SECTIONS.items()
+    }
+    engine = merged.get("engine") or {}
+    note = origins.note("engine")
+    _require(isinstance(engine, dict), f"{where}: engine", f"expected a mapping, got {engine!r}", note)
     chain = _experiment_chain(_load_preset(preset, config_dir), preset, name)
     exp = Experiment(
         preset=preset,
         name=name,
         method=next(entry["method"] for _, entry in reversed(chain) if "method" in entry),
         description=chain[-1][1].get("description", ""),
-        engine=_flatten(merged.get("engine") or {}),
+        engine=_flatten(engine),
         **sections,
     )
-    _validate_values(exp, where)
+    _validate_values(exp, where, origins)
     return exp
 
 
@@ -492,7 +695,7 @@ def load_all(preset: str, config_dir: Path = CONFIG_DIR) -> list[Experiment]:
 
 def ablations(preset: str, config_dir: Path = CONFIG_DIR) -> dict[str, list[str]]:
     """Ablation families of a preset (e.g. ablation_tau) -> the experiments each compares, baseline included."""
-    data = _load_preset(preset, Path(config_dir))
+    data = _load_preset(preset, Path(config_dir))  # family names checked there (FAMILY_PATTERN)
     families = data.get("ablations") or {}
     known = set(data["experiments"])
     for family, members in families.items():
@@ -510,15 +713,21 @@ def preset_info(preset: str, config_dir: Path = CONFIG_DIR) -> dict:
 
 def evaluation(preset: str, config_dir: Path = CONFIG_DIR) -> EvaluationSpec:
     """The preset's ``evaluation:`` section, validated like the experiment sections."""
+    config_dir = Path(config_dir)
     where = f"preset {preset!r}: evaluation"
-    spec = _build_section(EvaluationSpec, _load_preset(preset, Path(config_dir)).get("evaluation") or {}, where)
+    section = _load_preset(preset, config_dir).get("evaluation") or {}
+    # One layer, the section itself under its own key, so errors name it as they do experiment values.
+    _, origins = merge_layers([(f"{preset}:evaluation", {"evaluation": section})], where, config_dir)
+    note = partial(origins.within, "evaluation")
+    spec = _build_section(EvaluationSpec, section, where, note)
     for key, allowed in EVAL_CHOICES.items():
         values = getattr(spec, key)
         for value in values if isinstance(values, list) else [values]:
-            _require(value in allowed, f"{where}.{key}", f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
-    _require(len(spec.benchmarks) > 0, f"{where}.benchmarks", "needs at least one benchmark")
+            message = f"{value!r} is not allowed; allowed: {', '.join(allowed)}"
+            _require(value in allowed, f"{where}.{key}", message, note(key))
+    _require(len(spec.benchmarks) > 0, f"{where}.benchmarks", "needs at least one benchmark", note("benchmarks"))
     for key in ("n", "max_tokens", "tensor_parallel_size"):
-        _require(getattr(spec, key) >= 1, f"{where}.{key}", "must be >= 1")
-    _require(spec.temperature >= 0, f"{where}.temperature", "must be >= 0")
-    _require(0 < spec.top_p <= 1, f"{where}.top_p", "must be in (0, 1]")
+        _require(getattr(spec, key) >= 1, f"{where}.{key}", "must be >= 1", note(key))
+    _require(spec.temperature >= 0, f"{where}.temperature", "must be >= 0", note("temperature"))
+    _require(0 < spec.top_p <= 1, f"{where}.top_p", "must be in (0, 1]", note("top_p"))
     return spec

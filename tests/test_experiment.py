@@ -1,5 +1,6 @@
 """The experiment spec: every experiment resolves, no value is written twice, bad input names its key."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -8,8 +9,12 @@ import yaml
 
 from fipo.experiment import (
     CONFIG_DIR,
+    FAMILY_PATTERN,
+    NAME_PATTERN,
     SpecError,
     ablations,
+    check_name,
+    evaluation,
     experiment_layers,
     list_experiments,
     list_presets,
@@ -118,3 +123,177 @@ def test_a_cycle_in_the_base_chain_is_reported(config_copy):
     edit_preset(config_copy, "qwen2.5-32b", lambda d: d["experiments"]["fipo"].update(base="fipo-raw"))
     with pytest.raises(SpecError, match="inherits from itself"):
         load_experiment("qwen2.5-32b", "fipo-raw", config_dir=config_copy)
+
+
+# ------------------------------------------------------------------------------ duplicate keys, names, origins
+
+
+def edit_text(path: Path, old: str, new: str):
+    """Edit a spec file as text: duplicate keys do not survive a round trip through yaml."""
+    text = path.read_text()
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new))
+
+
+@pytest.mark.parametrize(
+    "file, old, new, key",
+    [
+        # the whole experiment twice: the second body (tau 0.5) trained under the label fipo-tau8
+        ("presets/tiny.yaml", "  fipo-tau128:\n",
+         "  fipo-tau8:  # dup\n    base: fipo\n    set:\n      fipo: {tau: 0.5}\n  fipo-tau128:\n", "fipo-tau8"),
+        ("presets/tiny.yaml", "    tau: 32.0\n", "    tau: 32.0\n    tau: 0.5  # dup\n", "tau"),
+        ("presets/tiny.yaml", "      fipo: {tau: 8.0}", "      fipo: {tau: 8.0, tau: 0.5}  # dup", "tau"),
+        ("presets/tiny.yaml", "  checkpoint: last\n", "  checkpoint: last\n  checkpoint: best  # dup\n", "checkpoint"),
+        ("methods.yaml", "    loss: fipo\n", "    loss: fipo\n    loss: vanilla  # dup\n", "loss"),
+    ],
+)
+def test_duplicate_keys_are_refused_naming_file_line_and_key(config_copy, file, old, new, key):
+    path = config_copy / file
+    edit_text(path, old, new)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.endswith("# dup"))
+    pattern = rf"{re.escape(str(path))}:{line}: duplicate key '{key}' \(first written at line \d+\)"
+    loads = [list_experiments, load_all, ablations, evaluation] if file.startswith("presets/") else [load_all]
+    for load in loads:
+        with pytest.raises(SpecError, match=pattern):
+            load("tiny", config_dir=config_copy)
+
+
+BAD_NAMES = ["x`touch PWNED`", "../../../x", "a/b", "-rf", ".hidden", "two words", "x\n", "$(id)", "tau;ls", 8]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_bad_experiment_names_are_refused_by_every_entry_point(config_copy, bad):
+    edit_preset(config_copy, "tiny", lambda d: d["experiments"].update({bad: d["experiments"].pop("fipo-raw")}))
+    for load in (list_experiments, load_all, ablations, evaluation):
+        with pytest.raises(SpecError, match=rf"tiny\.yaml: experiments: experiment name {re.escape(repr(bad))} "
+                                            rf"is not allowed; names must match {re.escape(NAME_PATTERN.pattern)}"):
+            load("tiny", config_dir=config_copy)
+    assert not (Path.cwd() / "PWNED").exists()
+
+
+@pytest.mark.parametrize("family", ["ablation-tau", "1ablation", "ablation tau", "x`id`"])
+def test_ablation_family_names_must_be_rule_names(config_copy, family):
+    edit_preset(config_copy, "tiny", lambda d: d["ablations"].update({family: d["ablations"].pop("ablation_tau")}))
+    for load in (list_experiments, load_all, ablations):
+        with pytest.raises(SpecError, match=rf"ablation family name {re.escape(repr(family))} is not allowed.*"
+                                            + re.escape(FAMILY_PATTERN.pattern)):
+            load("tiny", config_dir=config_copy)
+
+
+def test_bad_preset_and_method_names_are_refused(config_copy):
+    shutil.copy(config_copy / "presets" / "tiny.yaml", config_copy / "presets" / "x`id`.yaml")
+    with pytest.raises(SpecError, match=r"x`id`\.yaml: preset name 'x`id`' is not allowed"):
+        list_presets(config_copy)
+    with pytest.raises(SpecError, match=r"preset name '\.\./tiny' is not allowed"):
+        list_experiments("../tiny", config_dir=config_copy)
+    (config_copy / "presets" / "x`id`.yaml").unlink()
+    path = config_copy / "methods.yaml"
+    path.write_text(path.read_text() + "\n'grpo$(id)':\n  base: grpo\n")
+    with pytest.raises(SpecError, match=r"methods\.yaml: method name 'grpo\$\(id\)' is not allowed"):
+        load_experiment("tiny", "fipo", config_dir=config_copy)
+
+
+def test_check_name():
+    assert check_name("experiment", "fipo-fclip-1.0-1.2", "here") == "fipo-fclip-1.0-1.2"
+    assert NAME_PATTERN.fullmatch("qwen2.5-7b-math") and not NAME_PATTERN.fullmatch("..")
+    with pytest.raises(SpecError, match=r"^here: experiment name '\.\.' is not allowed; names must match "):
+        check_name("experiment", "..", "here")
+    with pytest.raises(SpecError, match="ablation family name 'a-b'"):
+        check_name("ablation family", "a-b", "here", FAMILY_PATTERN)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # a shared value is reported (from the first experiment) naming the layer it was written in
+        (lambda d: d["defaults"]["fipo"].update(tau=0.0),
+         r"experiment 'dapo': fipo.tau: the half-life must be > 0, got 0.0 \(set in .*tiny\.yaml, defaults\)$"),
+        (lambda d: d["experiments"]["fipo-tau8"]["set"]["fipo"].update(tau=0.0),
+         r"experiment 'fipo-tau8': fipo.tau: .*> 0.*\(set in .*tiny\.yaml, experiments\.fipo-tau8\)$"),
+        # written by a base experiment, inherited by others: the base is named
+        (lambda d: d["experiments"]["fipo"].update(set={"fipo": {"chunk_size": 1}}),
+         r"experiment 'fipo': fipo.chunk_size: must be >= 2 \(set in .*tiny\.yaml, experiments\.fipo\)$"),
+        (lambda d: d.setdefault("methods", {}).update(fipo={"rollout": {"n": 1}}),
+         r"experiment 'fipo': rollout.n: .*\(set in .*tiny\.yaml, methods\.fipo\)$"),
+        (lambda d: d["defaults"]["rollout"].update(n="8"),
+         r"experiment 'dapo': rollout.n: expected an integer, got '8' \(set in .*tiny\.yaml, defaults\)$"),
+        (lambda d: d["defaults"]["fipo"].update(f_clip_range=[0.8, "x"]),
+         r"fipo.f_clip_range\[1\]: expected a finite number, got 'x' \(set in .*tiny\.yaml, defaults\)$"),
+        (lambda d: d["experiments"]["fipo-raw"]["set"]["fipo"].update(taux=1),
+         r"experiment 'fipo-raw': fipo: unknown key\(s\) \['taux'\].*\(set in .*tiny\.yaml, experiments\.fipo-raw\)$"),
+        (lambda d: d["experiments"]["grpo"].update(set={"optimizer": {"lr": 1}}),
+         r"unknown section\(s\) \['optimizer'\].*\(set in .*tiny\.yaml, experiments\.grpo\)$"),
+        (lambda d: d["experiments"]["grpo"].update(set={"policy": 3}),
+         r"experiment 'grpo': policy: expected a mapping, got 3 \(set in .*tiny\.yaml, experiments\.grpo\)$"),
+        # a cross-key rule names both layers when they differ
+        (lambda d: d["experiments"]["dapo"].update(set={"policy": {"ppo_mini_batch_size": 5}}),
+         r"ppo_mini_batch_size: must divide .*\(set in .*tiny\.yaml, experiments\.dapo; "
+         r"data\.train_batch_size set in .*tiny\.yaml, defaults\)$"),
+    ],
+)
+def test_errors_name_the_layer_that_wrote_the_value(config_copy, edit, message):
+    edit_preset(config_copy, "tiny", edit)
+    with pytest.raises(SpecError, match=message):
+        load_all("tiny", config_dir=config_copy)
+
+
+def test_errors_in_methods_yaml_name_it(config_copy):
+    path = config_copy / "methods.yaml"
+    edit_text(path, "    clip_ratio_high: 0.28\n", "    clip_ratio_high: -0.28\n")
+    with pytest.raises(SpecError, match=r"experiment 'dapo': policy.clip_ratio_high: must be >= 0, got -0.28 "
+                                        r"\(set in .*methods\.yaml, dapo\)$"):
+        load_all("tiny", config_dir=config_copy)
+
+
+def test_a_value_overridden_later_is_blamed_on_the_later_layer(config_copy):
+    edit_preset(config_copy, "tiny", lambda d: d["defaults"]["fipo"].update(tau=-1.0))
+    edit_preset(config_copy, "tiny", lambda d: d["experiments"]["dapo"].update(set={"fipo": {"tau": -2.0}}))
+    with pytest.raises(SpecError, match=r"got -2.0 \(set in .*tiny\.yaml, experiments\.dapo\)$"):
+        load_experiment("tiny", "dapo", config_dir=config_copy)
+    with pytest.raises(SpecError, match=r"got -1.0 \(set in .*tiny\.yaml, defaults\)$"):
+        load_experiment("tiny", "grpo", config_dir=config_copy)
+
+
+def test_evaluation_errors_name_the_section(config_copy):
+    edit_preset(config_copy, "tiny", lambda d: d["evaluation"].update(top_p=float("nan")))
+    with pytest.raises(SpecError, match=r"evaluation.top_p: expected a finite number, got nan "
+                                        r"\(set in .*tiny\.yaml, evaluation\)$"):
+        evaluation("tiny", config_dir=config_copy)
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("trainer", "save_freq", 0, "trainer.save_freq: must be >= 1, got 0"),
+        ("trainer", "save_freq", -1, "trainer.save_freq: must be >= 1"),
+        ("validation", "test_freq", 0, "validation.test_freq: must be >= 1, got 0"),
+        ("validation", "test_freq", -1, "validation.test_freq: must be >= 1"),
+        ("trainer", "timeout_s", 0, r"trainer.timeout_s: must be > 0 or null"),
+        ("trainer", "timeout_s", -60, r"trainer.timeout_s: must be > 0 or null"),
+        ("data", "train", "tiny-trian", r"data.train: unknown dataset\(s\) \['tiny-trian'\]; allowed: .*tiny-train"),
+        ("data", "val", ["tiny-val", "aime2026"],
+         r"data.val: unknown dataset\(s\) \['aime2026'\]; allowed: .*aime2024"),
+        ("policy", "lr", float("nan"), "policy.lr: expected a finite number, got nan"),
+        ("policy", "weight_decay", float("inf"), "policy.weight_decay: expected a finite number, got inf"),
+        ("fipo", "tau", float("nan"), "fipo.tau: expected a finite number, got nan"),
+        ("fipo", "safety_threshold", float("inf"), "fipo.safety_threshold: expected a finite number"),
+        ("fipo", "filter_threshold", float("nan"), "fipo.filter_threshold: expected a finite number"),
+        ("fipo", "f_clip_range", [0.8, float("inf")], r"fipo.f_clip_range\[1\]: expected a finite number"),
+        ("model", "rope_theta", float("-inf"), "model.rope_theta: expected a finite number, got -inf"),
+    ],
+)
+def test_values_that_fail_late_are_refused_up_front(config_copy, section, key, value, message):
+    edit_preset(config_copy, "tiny", lambda d: d["defaults"].setdefault(section, {}).update({key: value}))
+    with pytest.raises(SpecError, match=rf"experiment 'dapo': {message}.*\(set in .*tiny\.yaml, defaults\)$"):
+        load_all("tiny", config_dir=config_copy)
+
+
+def test_nan_written_as_yaml_is_refused(config_copy):
+    edit_text(config_copy / "presets" / "tiny.yaml", "    lr: 3.0e-4\n", "    lr: .nan\n")
+    with pytest.raises(SpecError, match=r"policy.lr: expected a finite number, got nan \(set in .*, defaults\)"):
+        load_all("tiny", config_dir=config_copy)
+
+
+def test_a_null_timeout_is_still_allowed(config_copy):
+    edit_preset(config_copy, "tiny", lambda d: d["defaults"]["trainer"].update(timeout_s=None))
+    assert all(exp.trainer.timeout_s is None for exp in load_all("tiny", config_dir=config_copy))
