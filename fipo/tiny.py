@@ -11,6 +11,7 @@ the policy can change.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from fipo.data import dataset_path, verl_row, write_parquet_atomic
+from fipo.files import current_umask
 
 TINY_DATA_SOURCE = "math_dapo"  # routed by verl's default_compute_score to the math_dapo rule
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -249,6 +251,7 @@ def build_tiny_base_model(out_dir: Path, spec: TinyModelSpec = TinyModelSpec(), 
         )
         if out_dir.exists():
             shutil.rmtree(out_dir)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700 whatever the umask
         tmp.rename(out_dir)
     finally:
         if tmp.exists():

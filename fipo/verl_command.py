@@ -8,55 +8,29 @@ config tree and instantiates the actor config, so a misspelt key fails there, no
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fipo.data import dataset_path
 from fipo.experiment import Experiment
+from fipo.run_folder import RunFolder
 
 VERL_ENTRY = ("python", "-m", "verl.trainer.main_ppo")
 FIPO_CONFIG_TARGET = "fipo.verl_plugin.FIPOPolicyLossConfig"
 POLICY_LOSS = "actor_rollout_ref.actor.policy_loss"
 
 
-@dataclass(frozen=True)
-class RunPaths:
-    """Where one run writes: checkpoints, the metrics JSONL (verl's file logger) and per-token dumps."""
-
-    run_dir: Path
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.run_dir / "checkpoints"
-
-    @property
-    def metrics(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
-
-    @property
-    def token_dump(self) -> Path:
-        return self.run_dir / "token_dump.jsonl"
-
-    @property
-    def rollouts(self) -> Path:
-        """verl's own rollout dumps (``trainer.rollout_data_dir``): one ``<step>.jsonl`` of decoded responses."""
-        return self.run_dir / "rollouts"
-
-    @property
-    def length_stats(self) -> Path:
-        """Per-step response-length quantiles computed from the rollout dumps (``python -m fipo lengths``)."""
-        return self.run_dir / "length_stats.csv"
-
-
-def run_paths(results_dir, preset: str, experiment: str) -> RunPaths:
-    """The run of ``experiment`` in ``preset``: ``<results>/<preset>/runs/<experiment>/``."""
-    return RunPaths(Path(results_dir) / preset / "runs" / experiment)
+# Written bare only when Hydra reads it back as this very string (not a number, bool, null or interpolation).
+_BARE = re.compile(r"[A-Za-z_/][A-Za-z0-9_./+-]*")
+_BARE_KEYWORDS = {"true", "false", "null", "none", "inf", "nan"}
 
 
 def hydra_value(value: Any) -> str:
-    """A Python value as Hydra override syntax."""
+    """A Python value as Hydra override syntax that Hydra and OmegaConf read back unchanged (any path works:
+    spaces, non-ASCII, ``#``, quotes, backslashes, ``${``)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -68,20 +42,69 @@ def hydra_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
     text = str(value)
-    if any(c in text for c in " ,=[]{}()'\"\\:$*?"):
-        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return text
+    if _BARE.fullmatch(text) and text.lower() not in _BARE_KEYWORDS:
+        return text
+    return hydra_quote(text)
+
+
+def hydra_quote(text: str) -> str:
+    """A single-quoted Hydra string. OmegaConf reads ``${`` as an interpolation: ``\\${`` is a literal one
+    (backslashes right before it double). Hydra, inside quotes, escapes the quote and doubles the backslashes
+    that precede a quote or the closing quote."""
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+    text = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text)
+    return "'" + text + "'"
 
 
 def model_path(exp: Experiment, results_dir: Path) -> str:
     """The model path with ``${results_dir}`` resolved (the tiny preset's model is made by the pipeline)."""
-    return exp.model.path.replace("${results_dir}", str(Path(results_dir).resolve()))
+    return exp.model.path.replace("${results_dir}", str(_absolute(results_dir)))
+
+
+def _absolute(path) -> Path:
+    """An absolute path without resolving symlinks or placeholders (Ray workers do not share our cwd)."""
+    return Path(os.path.abspath(path))
 
 
 def verl_overrides(
-    exp: Experiment, *, data_dir: Path, run: RunPaths, results_dir: Path = Path("results"), ray_address: str | None = None
+    exp: Experiment, *, data_dir: Path, run: RunFolder, results_dir: Path = Path("results"), ray_address: str | None = None
 ) -> list[str]:
     """The Hydra overrides that run ``exp`` with stock verl (one ``key=value`` string each)."""
+    return render(verl_items(exp, data_dir=data_dir, run=run, results_dir=results_dir, ray_address=ray_address))
+
+
+def render(items: list[tuple[str, Any]]) -> list[str]:
+    return [f"{key}={hydra_value(value)}" for key, value in items]
+
+
+# Where a run lies and which Ray cluster it joins do not change what it computes: kept out of its fingerprint.
+MACHINE_KEYS = ("+ray_kwargs.ray_init.address",)
+
+
+def portable_overrides(exp: Experiment, extra: list[str] = ()) -> list[str]:
+    """The overrides with the run, results and data folders as ``${run_dir}``, ``${results_dir}``, ``${data_dir}``:
+    what identifies a run wherever it lies (fipo.run_folder.run_provenance). ``extra``: the user's own
+    overrides (``--override``), which are part of what the run computes."""
+    folders = {"run": "/@run_dir@", "results": "/@results_dir@", "data": "/@data_dir@"}
+    items = verl_items(exp, data_dir=Path(folders["data"]), run=RunFolder(Path(folders["run"])),
+                       results_dir=Path(folders["results"]))
+
+    def portable(value):
+        if isinstance(value, str):
+            for name, marker in folders.items():
+                value = value.replace(marker, "${%s_dir}" % name)
+            return value
+        if isinstance(value, (list, tuple)):
+            return [portable(v) for v in value]
+        return value
+
+    return [f"{key}={portable(value)!r}" for key, value in items if key not in MACHINE_KEYS] + list(extra)
+
+
+def verl_items(
+    exp: Experiment, *, data_dir: Path, run: RunFolder, results_dir: Path = Path("results"), ray_address: str | None = None
+) -> list[tuple[str, Any]]:
+    """(key, value) of every override, in order."""
     seed = exp.trainer.seed
     items: list[tuple[str, Any]] = [
         # algorithm: GRPO advantages, no KL in the reward, DAPO dynamic sampling
@@ -170,10 +193,10 @@ def verl_overrides(
         metric = exp.algorithm.filter_metric if exp.algorithm.filter_groups else None
         items += sampler_overrides(metric, exp.data.train_batch_size, exp.data.gen_batch_size).items()
     items += sorted(exp.engine.items())
-    return [f"{key}={hydra_value(value)}" for key, value in items]
+    return items
 
 
-def verl_environment(run: RunPaths, exp: Experiment, metrics_path: Path | None = None) -> dict[str, str]:
+def verl_environment(run: RunFolder, exp: Experiment, metrics_path: Path | None = None) -> dict[str, str]:
     """Environment of the verl driver: where its `file` logger writes, and for CPU runs the CPU support."""
     env = {"VERL_FILE_LOGGER_PATH": str(metrics_path or run.metrics)}
     if exp.trainer.device == "cpu":

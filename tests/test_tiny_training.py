@@ -56,6 +56,11 @@ def test_killed_run_resumes_to_the_end_with_every_step_logged_once(tiny_world):
         assert first.poll() is None, "the run ended before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
         time.sleep(0.5)
+    # one trainer per run folder: a second one (another working directory) is refused, naming the holder
+    second = fipo_train(tiny_world, "fipo-tau8", *overrides, cwd="/")
+    refused = second.communicate(timeout=120)[0]
+    assert second.returncode == 2 and f"{run_dir} is in use by fipo train" in refused, refused[-3000:]
+    assert first.poll() is None
     kill_tree(first)  # a crash: no clean shutdown, no merge by the launcher
 
     finish(fipo_train(tiny_world, "fipo-tau8", *overrides))

@@ -6,18 +6,22 @@ from pathlib import Path
 
 import pytest
 import verl
+from hypothesis import given
+from hypothesis import strategies as st
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from verl.utils.config import omega_conf_to_dataclass, validate_config
 
+from fipo.data import dataset_path
 from fipo.experiment import list_experiments, load_experiment
-from fipo.verl_command import RunPaths, command_line, hydra_value, verl_overrides
+from fipo.run_folder import RunFolder
+from fipo.verl_command import command_line, hydra_value, verl_overrides
 from fipo.verl_plugin import FIPOPolicyLossConfig
 
 VERL_CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
 PAPER_PRESETS = ["qwen2.5-32b", "qwen2.5-7b-math"]
 CASES = [(preset, name) for preset in PAPER_PRESETS for name in list_experiments(preset)]
-RUN = RunPaths(Path("/runs/x"))
+RUN = RunFolder(Path("/runs/x"))
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +138,36 @@ def test_ray_address_for_an_existing_cluster(hydra):
 )
 def test_hydra_value_formatting(value, text):
     assert hydra_value(value) == text
+
+
+@given(st.text())
+def test_any_string_survives_hydra_and_omegaconf(text):
+    """Paths with spaces, non-ASCII, '#', quotes, backslashes or '${' reach verl exactly as written."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    (override,) = OverridesParser.create().parse_overrides([f"a.b={hydra_value(text)}"])
+    assert OmegaConf.create({"k": override.value()}).k == text
+
+
+def test_odd_paths_compose_into_verls_config(hydra):
+    odd = Path("/tmp/x y/résultats #1/${oops}/it's")
+    exp = load_experiment("qwen2.5-32b", "fipo")
+    cfg = compose_overrides(verl_overrides(exp, data_dir=odd / "data", run=RunFolder(odd / "run")))
+    assert cfg.trainer.default_local_dir == str(odd / "run" / "checkpoints")
+    assert list(cfg.data.train_files) == [str(dataset_path("dapo-math-17k", odd / "data"))]
+
+
+def test_portable_overrides_ignore_where_a_run_lies_but_not_what_it_computes():
+    from fipo.verl_command import portable_overrides
+
+    fipo, tau8 = load_experiment("tiny", "fipo"), load_experiment("tiny", "fipo-tau8")
+    portable = portable_overrides(fipo)
+    assert not any("/@" in o for o in portable)  # every machine path became a placeholder
+    assert any("${run_dir}/checkpoints" in o for o in portable) and any("${data_dir}" in o for o in portable)
+    assert portable_overrides(fipo) == portable  # deterministic
+    assert portable_overrides(tau8) != portable
+    assert portable_overrides(fipo, ["trainer.total_training_steps=2"]) != portable
+    rendered = verl_overrides(fipo, data_dir=Path("/a/data"), run=RunFolder(Path("/a/r/tiny/runs/fipo")),
+                              results_dir=Path("/a/r"), ray_address="10.0.0.1:6379")
+    assert len(rendered) == len(portable) + 1  # the same keys, but the Ray address (machine-specific)

@@ -1,0 +1,269 @@
+"""One training run's folder and its lifecycle: paths, lock, fingerprint, attempts, resume point, record.
+
+``<results>/<preset>/runs/<experiment>/`` holds verl's checkpoints, the metrics of every attempt, the rollout
+and token dumps, ``provenance.json`` (what the run is: its fingerprint) and, once verl exited 0, ``run.json``.
+
+- **Lock.** One trainer per run folder, across processes and working directories: ``runs/.<experiment>.lock``
+  (beside the folder, so that it survives moving the folder aside) is held with ``flock`` for as long as the
+  trainer and verl run; a second trainer is refused with a message naming the holder.
+- **Fingerprint.** A run is keyed on everything that determines it (:func:`run_fingerprint`): the rendered verl
+  overrides with machine paths replaced by placeholders, the data files' and a local model's content, the
+  project version. A folder holding a run with another fingerprint is never resumed into: it is moved aside
+  to ``<results>/<preset>/superseded/<experiment>-<time>-<fingerprint>/`` and the run starts fresh.
+- **Attempts.** verl's ``file`` logger opens its JSONL with "wb": a resumed run would overwrite the steps logged
+  before the crash. So every attempt logs to its own ``metrics.attempt-N.jsonl`` (created exclusively) and
+  :meth:`RunFolder.merge_attempts` writes ``metrics.jsonl`` with each step exactly once, taken from the latest
+  attempt that logged it (a resume from the checkpoint at step k re-runs the steps after k, and those re-runs
+  are what the final model saw). Records with the same step (validation and training, or a resume's
+  validation at its checkpoint step) are merged key by key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from fipo.files import MalformedLineError, read_jsonl, write_text_atomic
+from fipo.provenance import digest_of, short
+
+ATTEMPT_PATTERN = re.compile(r"^metrics\.attempt-(\d+)\.jsonl$")
+PROVENANCE_FILE = "provenance.json"
+RECORD_FILE = "run.json"
+LOGGED_STEP_MARKER = "timing_s/step"  # verl logs it with every trained step's metrics
+
+
+class RunFolderBusy(RuntimeError):
+    """Another trainer holds the run folder's lock."""
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where one run writes: checkpoints, the metrics JSONL (verl's file logger), dumps, records."""
+
+    run_dir: Path
+
+    # ---------------------------------------------------------------------------------- paths
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    @property
+    def token_dump(self) -> Path:
+        return self.run_dir / "token_dump.jsonl"
+
+    @property
+    def rollouts(self) -> Path:
+        """verl's own rollout dumps (``trainer.rollout_data_dir``): one ``<step>.jsonl`` of decoded responses."""
+        return self.run_dir / "rollouts"
+
+    @property
+    def length_stats(self) -> Path:
+        """Per-step response-length quantiles computed from the rollout dumps (``python -m fipo lengths``)."""
+        return self.run_dir / "length_stats.csv"
+
+    @property
+    def provenance(self) -> Path:
+        return self.run_dir / PROVENANCE_FILE
+
+    @property
+    def record(self) -> Path:
+        return self.run_dir / RECORD_FILE
+
+    @property
+    def lock_path(self) -> Path:
+        return self.run_dir.parent / f".{self.run_dir.name}.lock"
+
+    @property
+    def superseded_dir(self) -> Path:
+        """``<results>/<preset>/superseded/``: runs replaced by a run with another fingerprint."""
+        return self.run_dir.parent.parent / "superseded"
+
+    # ---------------------------------------------------------------------------------- lock
+
+    @contextmanager
+    def lock(self, what: str = "fipo train") -> Iterator[int]:
+        """Hold the folder's lock (non-blocking); yields the lock's file descriptor, which a child process that
+        must keep the folder locked (verl) inherits. Refused with :class:`RunFolderBusy` naming the holder."""
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = Path(self.lock_path).read_text().strip() or "an unknown process"
+                raise RunFolderBusy(
+                    f"run folder {self.run_dir} is in use by {holder}; wait for it to finish or stop it "
+                    f"(lock: {self.lock_path})"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{what} (pid {os.getpid()} on {socket.gethostname()}, since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}, working directory {os.getcwd()})\n".encode(), 0)
+            yield fd
+        finally:
+            os.close(fd)  # releases the lock unless a child still holds the descriptor
+
+    # ---------------------------------------------------------------------------------- fingerprint
+
+    def recorded_fingerprint(self) -> str | None:
+        if not self.provenance.is_file():
+            return None
+        try:
+            return json.loads(self.provenance.read_text())["fingerprint"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return "unreadable"
+
+    def claim(self, provenance: dict, log=print) -> str:
+        """Make the folder hold the run ``provenance`` describes (call with the lock held). Returns "new" (an
+        empty folder, provenance written), "resume" (the same run: verl resumes it) or "replaced" (another
+        run, or an unlabelled one, was moved aside first)."""
+        fingerprint = provenance["fingerprint"]
+        recorded = self.recorded_fingerprint()
+        if recorded == fingerprint:
+            return "resume"
+        outcome = "new"
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            moved = self.move_aside(recorded)
+            what = f"fingerprint {short(recorded)}" if recorded else "no fingerprint (an older version's run)"
+            log(f"[fipo] {self.run_dir} held another run ({what}); this one is {short(fingerprint)}. "
+                f"Moved the old run to {moved} and starting from scratch.")
+            outcome = "replaced"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.provenance, json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        return outcome
+
+    def move_aside(self, recorded: str | None) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.superseded_dir / f"{self.run_dir.name}-{stamp}-{short(recorded) if recorded else 'unlabelled'}"
+        suffix = 1
+        while target.exists():
+            suffix += 1
+            target = target.with_name(f"{target.name.rsplit('~', 1)[0]}~{suffix}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self.run_dir), str(target))
+        return target
+
+    # ---------------------------------------------------------------------------------- attempts
+
+    def attempt_files(self) -> list[Path]:
+        found = [(int(m.group(1)), p) for p in self.run_dir.glob("metrics.attempt-*.jsonl")
+                 if (m := ATTEMPT_PATTERN.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def new_attempt(self) -> Path:
+        """Create the next ``metrics.attempt-N.jsonl``, exclusively: two processes never log to one file."""
+        files = self.attempt_files()
+        number = int(ATTEMPT_PATTERN.match(files[-1].name).group(1)) + 1 if files else 1
+        while True:
+            path = self.run_dir / f"metrics.attempt-{number}.jsonl"
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                return path
+            except FileExistsError:
+                number += 1
+
+    def merge_attempts(self) -> Path | None:
+        """Write ``metrics.jsonl`` (atomically) from all attempts; returns its path, or None if nothing was logged."""
+        merged: dict[int, dict] = {}
+        for path in self.attempt_files():
+            for step, data in read_steps(path).items():
+                # Per key: a later attempt replaces what it re-ran, and a resume's validation record at the
+                # checkpoint step adds to (not replaces) that step's training record.
+                merged.setdefault(step, {}).update(data)
+        if not merged:
+            return None
+        text = "".join(json.dumps({"step": step, "data": merged[step]}) + "\n" for step in sorted(merged))
+        return write_text_atomic(self.metrics, text)
+
+    # ---------------------------------------------------------------------------------- resume
+
+    def latest_checkpoint(self) -> int | None:
+        """verl's ``latest_checkpointed_iteration.txt``: None when absent; a clear error when unreadable."""
+        from fipo.eval.checkpoints import latest_checkpointed_step
+
+        return latest_checkpointed_step(self.checkpoints)
+
+    def resume_point(self, overrides: list[str], log=print) -> list[str]:
+        """Where this attempt resumes. verl saves a step's checkpoint before it logs that step's metrics, so a
+        run stopped in between would resume after a step whose metrics are lost for good. Then resume from the
+        checkpoint before it (or from scratch) and train that step again."""
+        from fipo.eval.checkpoints import checkpoint_steps
+
+        latest = self.latest_checkpoint()
+        if latest is None:
+            return overrides
+        steps = read_steps(self.metrics) if self.metrics.is_file() else {}
+        if LOGGED_STEP_MARKER in steps.get(latest, {}):
+            return overrides
+        earlier = [s for s in checkpoint_steps(self.checkpoints) if s < latest]
+        resume = (["trainer.resume_mode=resume_path",
+                   f"trainer.resume_from_path={self.checkpoints / f'global_step_{earlier[-1]}'}"]
+                  if earlier else ["trainer.resume_mode=disable"])
+        log(f"[fipo] checkpoint {latest} was saved but its metrics were never logged: "
+            f"{'resuming from step ' + str(earlier[-1]) if earlier else 'starting over'} to train step {latest} again")
+        kept = [o for o in overrides if not o.startswith(("trainer.resume_mode=", "trainer.resume_from_path="))]
+        return kept + resume
+
+    # ---------------------------------------------------------------------------------- record
+
+    def write_record(self, path, provenance: dict, command: str, wall_s: float) -> Path:
+        """The completion record of a finished run (the pipeline's ``run.json``), written atomically and only
+        after verl exited 0: its presence means the run is complete."""
+        steps = read_steps(self.metrics) if self.metrics.is_file() else {}
+        record = {"preset": provenance["preset"], "experiment": provenance["experiment"],
+                  "fingerprint": provenance["fingerprint"], "spec_fingerprint": provenance["spec_fingerprint"],
+                  "project_version": provenance["project_version"], "steps_logged": len(steps),
+                  "last_step": max(steps, default=None), "wall_s": round(wall_s, 1), "command": command}
+        return write_text_atomic(path or self.record, json.dumps(record, indent=2) + "\n")
+
+
+def run_folder(results_dir, preset: str, experiment: str) -> RunFolder:
+    """The run of ``experiment`` in ``preset``: ``<results>/<preset>/runs/<experiment>/``."""
+    return RunFolder(Path(results_dir) / preset / "runs" / experiment)
+
+
+def read_steps(path: Path) -> dict[int, dict]:
+    """step -> merged metrics of one metrics JSONL. A torn last line (a crash mid-write) is skipped."""
+    steps: dict[int, dict] = {}
+    for number, record in read_jsonl(path, "metrics", skip_blank=True):
+        if not isinstance(record, dict) or "step" not in record or not isinstance(record.get("data"), dict):
+            raise MalformedLineError(path, number, "expected {'step': N, 'data': {...}}")
+        steps.setdefault(int(record["step"]), {}).update(record["data"])
+    return steps
+
+
+def spec_fingerprint(exp, extra_overrides: list[str], version: str) -> str:
+    """Everything the spec says about a run (the resolved experiment, the user's extra overrides, the project
+    version), without reading its inputs: cheap enough for the pipeline's DAG, whose train jobs rerun when it
+    changes (Snakemake's params trigger; changed inputs it sees by itself)."""
+    return digest_of({"experiment": dataclasses.asdict(exp), "overrides": list(extra_overrides),
+                      "project_version": version})
+
+
+def run_provenance(exp, portable_overrides: list[str], extra_overrides: list[str], data_files: dict[str, Path],
+                   model: dict, version: str) -> dict:
+    """What identifies a run, and its fingerprint: the verl overrides with machine paths replaced by placeholders
+    (:func:`fipo.verl_command.portable_overrides`, the user's extra overrides included), the data files'
+    content (dataset name -> file), the model (its spec path and, for a local folder, its content digest), the
+    project version."""
+    from fipo.provenance import file_digest
+
+    material = {"preset": exp.preset, "experiment": exp.name, "overrides": portable_overrides,
+                "data": {name: file_digest(path) for name, path in sorted(data_files.items())}, "model": model,
+                "project_version": version}
+    return {**material, "spec_fingerprint": spec_fingerprint(exp, extra_overrides, version),
+            "fingerprint": digest_of(material)}
