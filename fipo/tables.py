@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 from fipo.experiment import Experiment, load_experiment
+from fipo.files import write_text_atomic
 
 # table number -> (preset, the experiments it compares, column titles)
 SETTINGS_TABLES = {
@@ -66,9 +67,14 @@ def settings_table(number: int) -> tuple[list[str], list[list[str]]]:
     return header, [[label, *(col[label] for col in columns)] for label in columns[0]]
 
 
+def _markdown_row(cells: list[str]) -> str:
+    # a literal "|" would end the cell early and shift every later cell of the row
+    return "| " + " | ".join(str(c).replace("|", r"\|") for c in cells) + " |"
+
+
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = [_markdown_row(header), "|" + "---|" * len(header)]
+    lines += [_markdown_row(row) for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -107,6 +113,6 @@ def write_settings_tables(out_dir: Path) -> list[Path]:
         header, rows = settings_table(number)
         for suffix, render in ((".csv", to_csv), (".md", to_markdown)):
             path = out_dir / f"table{number}{suffix}"
-            path.write_text(render(header, rows))
+            write_text_atomic(path, render(header, rows))
             written.append(path)
     return written

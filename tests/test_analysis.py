@@ -101,7 +101,8 @@ def test_load_metrics_is_tidy_and_drops_non_numeric(tmp_path):
     ])
     frame = runs.load_metrics(path, "tiny", "fipo")
     assert list(frame.columns) == runs.COLUMNS
-    assert set(frame["metric"]) == {"val-core/math_dapo/acc/mean@4", "actor/entropy"}
+    assert set(frame["metric"]) == {"val-core/math_dapo/acc/mean@4", "actor/entropy", "bad"}  # NaN kept as a gap
+    assert runs.series(frame, "tiny/fipo", "bad").isna().all()
     assert runs.series(frame, "tiny/fipo", "actor/entropy").to_dict() == {1: 0.5}
     assert runs.validation_metric(frame, "tiny/fipo") == "val-core/math_dapo/acc/mean@4"
 
@@ -120,6 +121,37 @@ def test_loader_errors_name_the_run_the_file_and_the_metric(tmp_path):
         runs.require(frame, ["actor/entropy", "actor/grad_norm"], needed_by="fig05")
     with pytest.raises(MissingMetricError, match=r"val-core/<source>/acc/mean@N"):
         runs.validation_metric(frame, "tiny/a")
+
+
+def test_non_finite_values_are_gaps_and_require_tells_them_from_missing_metrics(tmp_path):
+    import math
+    import random
+
+    rng = random.Random()
+    steps = sorted(rng.sample(range(1, 500), rng.randint(4, 12)))
+    gaps = set(rng.sample(steps[1:-1], rng.randint(1, len(steps) - 2)))
+    values = {s: rng.choice([math.nan, math.inf, -math.inf]) if s in gaps else rng.uniform(-1, 1) for s in steps}
+    path = write_metrics(tmp_path / "m.jsonl", [{"step": s, "data": {"actor/grad_norm": v, "actor/entropy": math.nan}}
+                                                 for s, v in values.items()])
+    frame = runs.load_metrics(path, "tiny", "fipo")
+    s = runs.series(frame, "tiny/fipo", "actor/grad_norm")
+    assert list(s.index) == steps and set(s.index[s.isna()]) == gaps, values
+    assert s.dropna().to_dict() == pytest.approx({k: v for k, v in values.items() if k not in gaps})
+
+    # the plot breaks its line at the gaps instead of drawing across them
+    fig, [ax] = plotting.grid(1)
+    plotting.plot_metric(ax, frame, ["fipo"], "actor/grad_norm", "gradient norm")
+    [line] = ax.get_lines()
+    assert list(line.get_xdata()) == steps and set(np.asarray(steps)[np.isnan(line.get_ydata())]) == gaps
+    plotting.plt.close(fig)
+
+    runs.require(frame, ["actor/grad_norm"])  # some finite values: fine
+    with pytest.raises(runs.NonFiniteMetricError, match=r"run tiny/fipo: metric 'actor/entropy' \(needed by fig05\) "
+                       rf"has only non-finite values \(NaN/inf\), at steps {', '.join(map(str, steps[:10]))}"):
+        runs.require(frame, ["actor/grad_norm", "actor/entropy"], needed_by="fig05")
+    with pytest.raises(MissingMetricError, match=r"run tiny/fipo has no metric 'actor/ppo_kl'") as missing:
+        runs.require(frame, ["actor/ppo_kl", "actor/entropy"])
+    assert not isinstance(missing.value, runs.NonFiniteMetricError)
 
 
 def test_validation_metric_prefers_aime2024_and_the_largest_n(tmp_path):
@@ -143,6 +175,21 @@ def test_rollout_lengths_count_the_end_of_sequence_token_except_at_the_limit(tmp
         rollouts.response_lengths(folder, lambda texts: [len(t) for t in texts], 10)
     with pytest.raises(MissingRunError, match="rollout dumps are off"):
         rollouts.dump_files(tmp_path / "nothing")
+
+
+def test_rollout_dump_reader_skips_a_torn_last_line_and_names_a_bad_one(tmp_path):
+    import random
+
+    rng = random.Random()
+    texts = ["x" * rng.randint(0, 20) for _ in range(rng.randint(1, 6))]
+    lines = [json.dumps({"input": "q", "output": t}) + "\n" for t in texts]
+    path = tmp_path / "7.jsonl"
+    path.write_text("".join(lines) + lines[0][: rng.randint(1, len(lines[0]) - 2)])  # a crash mid-write
+    assert rollouts.read_responses(path) == texts
+    bad = rng.randint(1, len(lines))
+    path.write_text("".join(lines[: bad - 1]) + '{"output": "x\n' + "".join(lines[bad - 1:]))
+    with pytest.raises(MalformedLogError, match=rf"7.jsonl, line {bad}: malformed rollout-dump line"):
+        rollouts.read_responses(path)
 
 
 def test_token_dumps_matrix_and_quantiles(tmp_path):
@@ -176,10 +223,11 @@ def test_eval_summary_metric_with_ci(tmp_path):
 
 
 def test_tables_are_written_as_csv_markdown_and_latex(tmp_path):
-    table = pd.DataFrame({"setting": ["τ = 8", "50% & more"], "paper": [40.0, float("nan")]})
+    table = pd.DataFrame({"setting": ["τ = 8", "50% & more", "|x| < 1"], "paper": [40.0, float("nan"), 1.0]})
     paths = plotting.save_table(table, tmp_path, "t", caption="A & B")
     assert [p.name for p in paths] == ["t.csv", "t.md", "t.tex"]
     assert "| τ = 8 | 40.0 |" in (tmp_path / "t.md").read_text()
+    assert r"| \|x\| < 1 | 1.0 |" in (tmp_path / "t.md").read_text()  # a "|" in a cell does not split it
     latex = (tmp_path / "t.tex").read_text()
     assert r"50\% \& more & – \\" in latex and r"\caption{A \& B}" in latex
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind

@@ -1,9 +1,12 @@
 """`fipo eval` end to end with the transformers backend on the tiny model; the vLLM backend around its calls."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 import types
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import pytest
@@ -42,7 +45,8 @@ def test_tiny_evaluation_writes_samples_and_summary_and_resumes(tiny_world, hf_s
     with pytest.raises(KeyboardInterrupt):
         evaluate(str(tiny_world["model"]), "tiny-test", out, SETTINGS, backend="hf", data_dir=tiny_world["data"],
                  sampler=crashing, log=lambda m: None)
-    done = read_finished(out / "samples.jsonl", SETTINGS.n)
+    ids = [p["problem_id"] for p in load_benchmark("tiny-test", tiny_world["data"])]
+    done = read_finished(out / "samples.jsonl", SETTINGS.n, ids)
     assert len(done) == 3 * 8  # three chunks of 8 problems survived the crash
 
     resumed = CountingSampler(hf_sampler)
@@ -148,3 +152,292 @@ def test_checkpoint_selection_last_and_best(tmp_path):
         select_step(tmp_path / "nothing")
     command = merge_command(tmp_path / "ckpt" / "global_step_5" / "actor", tmp_path / "hf")
     assert command[1:5] == ["-m", "verl.model_merger", "merge", "--backend"] and command[5] == "fsdp"
+
+
+# ------------------------------------------------------------------------------------ resume, keys, refusals
+# These run without a real model: a fake sampler, and a "model" folder whose content is a few bytes (an
+# evaluation is keyed on that content).
+
+
+class FakeSampler:
+    """Answers every prompt with n fixed responses; counts the prompts it was asked for."""
+
+    tokenizer = SimpleNamespace(apply_chat_template=lambda messages, **kw: messages[-1]["content"])
+
+    def __init__(self):
+        self.prompts = 0
+
+    def sample(self, prompts, settings, seed_offsets):
+        self.prompts += len(prompts)
+        return [[sampling.Sample(f"Answer: {k}", 3 + k, "stop") for k in range(settings.n)] for _ in prompts]
+
+
+FAST = SamplingSettings(n=3, max_tokens=8)
+
+
+@pytest.fixture
+def bench(tmp_path):
+    """The tiny-test benchmark (64 problems) and a model folder of its own."""
+    from fipo.tiny import prepare_tiny_data
+
+    data = tmp_path / "data"
+    prepare_tiny_data(data)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(os.urandom(64))
+    (model / "config.json").write_text("{}")
+    ids = [p["problem_id"] for p in load_benchmark("tiny-test", data)]
+    return SimpleNamespace(data=data, model=model, ids=ids, out=tmp_path / "eval")
+
+
+def run_eval(bench, sampler=None, **kw):
+    kw.setdefault("log", lambda m: None)
+    return evaluate(str(kw.pop("model", bench.model)), "tiny-test", kw.pop("out", bench.out), kw.pop("settings", FAST),
+                    backend="hf", data_dir=bench.data, sampler=sampler, **kw)
+
+
+def sample_lines(pid, n, indices=None):
+    return [json.dumps({"problem_id": pid, "sample_index": k, "response": "Answer: 1", "extracted_answer": "1",
+                        "correct": False, "length": 3, "finish_reason": "stop"}) + "\n"
+            for k in (range(n) if indices is None else indices)]
+
+
+def test_a_failed_start_claims_nothing_and_the_corrected_call_runs(bench, monkeypatch):
+    from fipo.eval import runner
+
+    with pytest.raises(FileNotFoundError, match="model folder not found: .*no-such-model"):
+        run_eval(bench, model=bench.model.parent / "no-such-model")  # a typo in --model
+    assert not (bench.out / "settings.json").exists()
+
+    def backend_cannot_start(*args, **kw):
+        raise RuntimeError("CUDA out of memory")
+
+    broken = bench.model.parent / "other-model"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(os.urandom(64))
+    monkeypatch.setattr(runner, "make_sampler", backend_cannot_start)
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        run_eval(bench, model=broken)
+    assert not (bench.out / "settings.json").exists() and not (bench.out / "samples.jsonl").exists()
+
+    summary = run_eval(bench, FakeSampler())  # another model, other settings: the folder was not claimed
+    assert summary["problems"] == 64
+    saved = json.loads((bench.out / "settings.json").read_text())
+    from fipo.provenance import folder_digest
+
+    assert saved["model_sha256"] == folder_digest(bench.model) and saved["model"] == str(bench.model)
+    assert len(saved["benchmark_sha256"]) == 64 and saved["n"] == FAST.n
+
+
+def test_resume_rewrites_the_sample_file_atomically(bench, monkeypatch):
+    import pathlib
+    import random
+
+    from fipo.eval import runner
+
+    rng = random.Random()
+    n = FAST.n
+    done = rng.randint(1, 20)
+    lines = [line for pid in bench.ids[:done] for line in sample_lines(pid, n)]
+    tail = "".join(sample_lines(bench.ids[done], n, range(rng.randint(0, n - 1))))
+    tail += sample_lines(bench.ids[done], n)[0][: rng.randint(1, 40)]  # the line a SIGKILL tore
+    bench.out.mkdir()
+    key = runner.evaluation_key(bench.model, "tiny-test", bench.data, "math_dapo", FAST)
+    (bench.out / "settings.json").write_text(json.dumps(key))
+    original = "".join(lines) + tail
+    (bench.out / "samples.jsonl").write_text(original)
+
+    # killed while serializing the kept records, then while writing them: the old file is untouched
+    real_dumps, calls, die_after = json.dumps, [], rng.randint(0, len(lines) - 1)
+
+    def dumps_then_die(*a, **kw):
+        calls.append(1)
+        if len(calls) > die_after:
+            raise KeyboardInterrupt("SIGKILL")
+        return real_dumps(*a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(json, "dumps", dumps_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run_eval(bench, FakeSampler())
+    assert (bench.out / "samples.jsonl").read_text() == original
+
+    real_write_text = pathlib.Path.write_text
+
+    def write_half_then_die(self, text, *a, **kw):
+        real_write_text(self, text[: len(text) // 2], *a, **kw)
+        raise KeyboardInterrupt("SIGKILL")
+
+    with monkeypatch.context() as m:
+        m.setattr(pathlib.Path, "write_text", write_half_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run_eval(bench, FakeSampler())
+    assert (bench.out / "samples.jsonl").read_text() == original
+    assert sorted(p.name for p in bench.out.iterdir()) == ["samples.jsonl", "settings.json"]  # no temporary file
+
+    logged = []
+    sampler = FakeSampler()
+    run_eval(bench, sampler, log=logged.append)
+    assert sampler.prompts == 64 - done  # the finished problems were kept, the torn one sampled again
+    assert any("torn last line" in m for m in logged)
+    assert read_finished(bench.out / "samples.jsonl", n, bench.ids).keys() == set(bench.ids)
+
+
+def test_inconsistent_sample_files_are_refused_with_file_and_line(bench):
+    import random
+
+    from fipo.files import MalformedLineError
+
+    rng = random.Random()
+    n = rng.randint(2, 5)
+    pids = rng.sample(bench.ids, 6)
+    path = bench.out / "samples.jsonl"
+    path.parent.mkdir()
+
+    def refused(lines, line, reason):
+        path.write_text("".join(lines))
+        with pytest.raises(MalformedLineError, match=rf"samples.jsonl:{line}: .*{reason}"):
+            read_finished(path, n, bench.ids)
+
+    head = [line for pid in pids[:3] for line in sample_lines(pid, n)]
+    at = len(head) + 1  # the first line after three complete problems
+    refused(head + sample_lines("not-a-benchmark-problem", n), at, "not in the benchmark")
+    k = rng.randrange(n)
+    refused(head + sample_lines(pids[3], n, [k, k]), at + 1, f"duplicate sample_index {k} of problem {pids[3]!r}")
+    refused(head + sample_lines(pids[3], n, [n]), at, rf"sample_index {n} .*outside \[0, {n}\)")
+    refused(head + sample_lines(pids[3], n, [-1]), at, "outside")
+    refused(head + sample_lines(pids[3], n) + sample_lines(pids[3], n, [0]), at + n, f"more than n={n}")
+    short = rng.randint(1, n - 1)
+    refused(head + sample_lines(pids[3], n, range(short)) + sample_lines(pids[4], n), at,
+            f"has {short} of n={n} samples but is not the last problem")
+    refused(head + sample_lines(pids[0], n), at, "appears again")
+    refused(head + ["not json\n"] + sample_lines(pids[3], n), at, "malformed sample line")
+
+    # what a crash leaves (the last problem short, a torn last line) is dropped with a log line
+    logged = []
+    path.write_text("".join(head + sample_lines(pids[3], n, range(short))) + '{"problem_id": "')
+    assert list(read_finished(path, n, bench.ids, logged.append)) == pids[:3]
+    assert any(f"{short} of n={n} samples of problem {pids[3]!r}" in m for m in logged)
+    assert any("torn last line" in m for m in logged)
+
+
+def test_records_of_other_problems_do_not_enter_the_summary(bench):
+    """Before, a sample file with problems outside the benchmark was accepted and changed the mean length."""
+    run_eval(bench, FakeSampler())
+    path = bench.out / "samples.jsonl"
+    path.write_text(path.read_text() + "".join(sample_lines("stray", FAST.n)))
+    with pytest.raises(ValueError, match=rf"samples.jsonl:{64 * FAST.n + 1}: problem 'stray' is not in the benchmark"):
+        run_eval(bench, FakeSampler())
+
+
+def test_an_evaluation_is_keyed_on_the_models_content_not_its_path(bench):
+    first = run_eval(bench, FakeSampler())
+    old_samples = (bench.out / "samples.jsonl").read_text()
+
+    moved = bench.model.parent / "moved-model"
+    bench.model.rename(moved)  # same content elsewhere: every sample is reused
+    sampler = FakeSampler()
+    assert run_eval(bench, sampler, model=moved)["avg@3"] == first["avg@3"] and sampler.prompts == 0
+    assert json.loads((bench.out / "settings.json").read_text())["model"] == str(moved)  # information only
+    old_settings = (bench.out / "settings.json").read_text()
+
+    (moved / "model.safetensors").write_bytes(os.urandom(64))  # retrained in place
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bench.out))} holds an evaluation with other settings "
+                                         r"\(model_sha256: \w{12} -> \w{12}\).*--on-change restart"):
+        run_eval(bench, FakeSampler(), model=moved)
+    assert (bench.out / "samples.jsonl").read_text() == old_samples  # refusing touches nothing
+
+    logged = []
+    sampler = FakeSampler()
+    run_eval(bench, sampler, model=moved, on_change="restart", log=logged.append)
+    assert sampler.prompts == 64  # started afresh
+    old_sha = json.loads(old_settings)["model_sha256"]
+    [aside] = (bench.out / "superseded").iterdir()
+    assert aside.name.endswith("-" + old_sha[:12]) and any(str(aside) in m for m in logged)
+    assert sorted(p.name for p in aside.iterdir()) == ["samples.jsonl", "settings.json", "summary.csv", "summary.json"]
+    assert (aside / "samples.jsonl").read_text() == old_samples
+    assert (aside / "settings.json").read_text() == old_settings
+    from fipo.provenance import folder_digest
+
+    assert json.loads((bench.out / "settings.json").read_text())["model_sha256"] == folder_digest(moved)
+
+    # a settings.json from before content keys (no model_sha256) is another evaluation too
+    legacy = {"model": str(moved), "benchmark": "tiny-test", "scorer": "math_dapo", **asdict(FAST)}
+    (bench.out / "settings.json").write_text(json.dumps(legacy))
+    with pytest.raises(ValueError, match=r"benchmark_sha256: \(absent\) -> \w+; model_sha256: \(absent\)"):
+        run_eval(bench, FakeSampler(), model=moved)
+    with pytest.raises(ValueError, match="on_change='later'; allowed: refuse, restart"):
+        run_eval(bench, FakeSampler(), model=moved, on_change="later")
+
+
+def test_a_changed_benchmark_file_is_another_evaluation(bench):
+    import pandas as pd
+
+    from fipo.data import dataset_path
+
+    run_eval(bench, FakeSampler())
+    path = dataset_path("tiny-test", bench.data)
+    pd.read_parquet(path).iloc[:-1].to_parquet(path)  # one problem less, under the same name
+    with pytest.raises(ValueError, match=r"other settings \(benchmark_sha256: "):
+        run_eval(bench, FakeSampler())
+
+
+# ------------------------------------------------------------------------------------ checkpoint selection
+
+
+def checkpoints_with_metrics(tmp_path, values, extra_lines=""):
+    """Checkpoints at every step of ``values`` ({step: validation value}) and a metrics file logging them."""
+    for step in values:
+        (tmp_path / "ckpt" / f"global_step_{step}" / "actor").mkdir(parents=True)
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": s, "data": {"val/acc": v}}) + "\n" for s, v in values.items())
+                       + extra_lines)
+    return tmp_path / "ckpt", metrics
+
+
+def test_best_checkpoint_ignores_non_finite_scores(tmp_path):
+    import math
+    import random
+
+    from fipo.eval.checkpoints import select_step
+
+    rng = random.Random()
+    steps = sorted(rng.sample(range(1, 200), rng.randint(3, 8)))
+    values = {s: rng.random() for s in steps}
+    bad = rng.sample(steps, rng.randint(1, len(steps) - 1))
+    for s in bad:
+        values[s] = rng.choice([math.nan, math.inf, -math.inf])
+    values[steps[0]] = math.nan  # NaN first is what max() picked before
+    finite = {s: v for s, v in values.items() if math.isfinite(v)}
+    ckpt, metrics = checkpoints_with_metrics(tmp_path, values)
+    assert select_step(ckpt, "best", metrics, "val/acc") == max(finite, key=lambda s: (finite[s], -s)), values
+
+    ckpt, metrics = checkpoints_with_metrics(tmp_path / "all-bad", {s: math.nan for s in steps[:2]})
+    with pytest.raises(ValueError, match=rf"metrics.jsonl: 'val/acc' is not finite \(NaN/inf\) at every checkpointed "
+                                         rf"step that logged it: \[{steps[0]}, {steps[1]}\]"):
+        select_step(ckpt, "best", metrics, "val/acc")
+
+
+def test_best_checkpoint_reads_metrics_past_a_torn_line_and_names_a_bad_one(tmp_path):
+    from fipo.eval.checkpoints import select_step
+    from fipo.files import MalformedLineError
+
+    ckpt, metrics = checkpoints_with_metrics(tmp_path, {5: 0.2, 10: 0.6}, extra_lines='{"step": 15, "da')
+    assert select_step(ckpt, "best", metrics, "val/acc") == 10  # the line a crash tore is skipped
+    metrics.write_text('{"step": 5, "data": {"val/acc": 0.2}}\n{"step": 10\n{"step": 10, "data": {"val/acc": 0.6}}\n')
+    with pytest.raises(MalformedLineError, match=r"metrics.jsonl:2: malformed metrics line"):
+        select_step(ckpt, "best", metrics, "val/acc")
+
+
+def test_latest_checkpointed_step(tmp_path):
+    from fipo.eval.checkpoints import latest_checkpointed_step
+
+    assert latest_checkpointed_step(tmp_path) is None
+    marker = tmp_path / "latest_checkpointed_iteration.txt"
+    marker.write_text("40\n")
+    assert latest_checkpointed_step(tmp_path) == 40
+    for content in ("", "  \n", "abc", "-3", "12.5"):
+        marker.write_text(content)
+        with pytest.raises(ValueError, match=rf"latest_checkpointed_iteration.txt: expected the step number .*found "
+                                             rf"{re.escape(repr(content.strip()))}"):
+            latest_checkpointed_step(tmp_path)

@@ -63,3 +63,18 @@ def test_tables_are_written_as_csv_and_markdown(tmp_path):
     assert (tmp_path / "table2.md").read_text() == to_markdown(header, rows)
     assert (tmp_path / "table2.csv").read_text() == to_csv(header, rows)
     assert "| mini-batch (prompts) | 32 (16 updates/step) | 64 (8 updates/step) |" in (tmp_path / "table2.md").read_text()
+
+
+def test_markdown_escapes_pipes_in_cells():
+    import random
+    import re
+
+    rng = random.Random()
+    columns = rng.randint(2, 5)
+    cells = ["".join(rng.choice("ab|| ") for _ in range(rng.randint(0, 8))) for _ in range(columns)]
+    header = [f"h|{i}" for i in range(columns)]
+    text = to_markdown(header, [cells])
+    for line, expected in zip(text.splitlines()[::2], (header, cells)):
+        # the row splits, at the "|" that are not escaped, into exactly its cells
+        parts = re.split(r"(?<!\\)\|", line)[1:-1]
+        assert [p[1:-1].replace(r"\|", "|") for p in parts] == expected, (line, expected)

@@ -81,6 +81,8 @@ def phase_slopes(x: Sequence[float], y: Sequence[float], phases: int = 2) -> lis
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError("x and y must be 1-D and of equal length")
+    keep = np.isfinite(x) & np.isfinite(y)  # a NaN/inf metric is a gap in the trajectory, not a point
+    x, y = x[keep], y[keep]
     if phases < 1 or x.size < 2 * phases:
         raise ValueError(f"{phases} phase(s) need at least {2 * phases} points, got {x.size}")
     fits = []
@@ -97,7 +99,7 @@ def phase_slopes(x: Sequence[float], y: Sequence[float], phases: int = 2) -> lis
 def at_validation_steps(values: pd.Series, validation_steps: Sequence[int]) -> pd.Series:
     """A training-step series read at each validation step: the first training step at or after it (the
     step-0 validation runs before any training step logs its metrics)."""
-    values = values.sort_index()
+    values = values.dropna().sort_index()  # non-finite values are gaps (fipo.analysis.runs keeps them as NaN)
     out = {}
     for step in validation_steps:
         later = values[values.index >= step]

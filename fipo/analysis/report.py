@@ -4,15 +4,17 @@ made it, and the settings of the runs behind it (from the spec, so the page says
 from __future__ import annotations
 
 import html
+import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
 from fipo.analysis import catalog
-from fipo.analysis.runs import run_paths
-from fipo.run_log import read_steps
+from fipo.analysis.runs import run_folder
+from fipo.run_folder import read_steps
 from fipo.experiment import evaluation, load_experiment, preset_info
+from fipo.provenance import digest_of, file_digest, short
 
 
 def run_settings(preset: str, experiment: str) -> dict[str, str]:
@@ -34,12 +36,27 @@ def run_settings(preset: str, experiment: str) -> dict[str, str]:
     return settings
 
 
-def _run_status(results_dir, preset: str, experiment: str) -> str:
-    path = run_paths(results_dir, preset, experiment).metrics
-    if not path.is_file():
-        return "not run"
-    steps = read_steps(path)
-    return f"steps logged: {min(steps)}–{max(steps)}" if steps else "nothing logged"
+def _run_status(results_dir, preset: str, experiment: str) -> dict[str, str]:
+    run = run_folder(results_dir, preset, experiment)
+    if not run.metrics.is_file():
+        return {"run": "not run", "fingerprint": "–"}
+    steps = read_steps(run.metrics)
+    record = json.loads(run.record.read_text()) if run.record.is_file() else {}
+    return {"run": f"steps logged: {min(steps)}–{max(steps)}" if steps else "nothing logged",
+            "fingerprint": short(record["fingerprint"]) if "fingerprint" in record else "unfinished"}
+
+
+def artifact_fingerprint(results_dir, preset: str, art) -> str:
+    """What an artifact was made from: its notebook's content, each run's fingerprint and each evaluated
+    model's digest. Equal fingerprints, equal inputs."""
+    inputs = {"notebook": file_digest(catalog.notebook_path(art.id)), "runs": {}, "evaluations": {}}
+    for experiment in art.experiments:
+        record = run_folder(results_dir, preset, experiment).record
+        inputs["runs"][experiment] = json.loads(record.read_text()).get("fingerprint") if record.is_file() else None
+        if "eval" in art.needs:
+            for summary in sorted((Path(results_dir) / preset / "eval" / experiment).glob("*/summary.json")):
+                inputs["evaluations"][f"{experiment}/{summary.parent.name}"] = json.loads(summary.read_text()).get("model_sha256")
+    return short(digest_of(inputs))
 
 
 def index_html(results_dir, preset: str, page_dir: Path) -> str:
@@ -47,13 +64,16 @@ def index_html(results_dir, preset: str, page_dir: Path) -> str:
     page_dir = Path(page_dir)
     artifacts = catalog.artifacts_for(preset)
     # each run's settings and log once, however many artifacts compare it (a 32B log is ~10^5 rows)
-    rows = {e: run_settings(preset, e) | {"run": _run_status(results_dir, preset, e)}
+    rows = {e: run_settings(preset, e) | _run_status(results_dir, preset, e)
             for e in dict.fromkeys(e for art in artifacts for e in art.experiments)}
     parts = [f"<h1>FIPO Workbench: preset {html.escape(preset)}</h1>",
              f"<p>{html.escape(preset_info(preset)['description'])}</p>",
              f"<p>Evaluation: {html.escape(str(evaluation(preset)))}</p>"]
     for art in artifacts:
         parts.append(f"<h2 id='{art.id}'>{art.id}: {html.escape(art.title)}</h2>")
+        parts.append(f"<p><small>inputs fingerprint {artifact_fingerprint(results_dir, preset, art)} (notebook, "
+                     f"runs and evaluated models; the runs behind it and their fingerprints are in the table "
+                     f"below)</small></p>")
         files = catalog.outputs(results_dir, preset, art)
         links = [f"<a href='{os.path.relpath(p, page_dir)}'>{p.name}</a>" if p.is_file() else f"{p.name} (missing)"
                  for p in files]

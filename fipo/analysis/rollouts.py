@@ -10,7 +10,6 @@ notebooks read the cached ``length_stats.csv``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,7 +18,7 @@ import pandas as pd
 
 from fipo.analysis.derived import length_quantiles
 from fipo.analysis.errors import MalformedLogError, MissingRunError
-from fipo.files import atomic_write
+from fipo.files import MalformedLineError, atomic_write, read_jsonl
 
 
 def dump_files(rollout_dir: Path) -> dict[int, Path]:
@@ -35,14 +34,16 @@ def dump_files(rollout_dir: Path) -> dict[int, Path]:
 
 
 def read_responses(path: Path) -> list[str]:
+    """The decoded responses of one dump. A torn last line (a crash mid-write) is skipped, as by every reader of
+    an append-only JSONL; a bad line elsewhere raises :class:`MalformedLogError` with the file and line."""
     texts = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            texts.append(json.loads(line)["output"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise MalformedLogError(path, number, "expected a JSON object with an 'output' field") from None
+    try:
+        for number, record in read_jsonl(path, "rollout-dump", skip_blank=True):
+            if not isinstance(record, dict) or not isinstance(record.get("output"), str):
+                raise MalformedLogError(path, number, "expected a JSON object with an 'output' field")
+            texts.append(record["output"])
+    except MalformedLineError as err:
+        raise MalformedLogError(path, err.line, err.reason) from None
     return texts
 
 

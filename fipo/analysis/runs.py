@@ -1,7 +1,7 @@
 """Runs as tidy frames: one row per (run, step, metric) with columns run, preset, experiment, step, metric, value.
 
-A run lives in ``<results>/<preset>/runs/<experiment>/`` (see :class:`fipo.verl_command.RunPaths`); its
-``metrics.jsonl`` is verl's ``file`` logger output, merged across resumes by :mod:`fipo.run_log`.
+A run lives in ``<results>/<preset>/runs/<experiment>/`` (see :class:`fipo.run_folder.RunFolder`); its
+``metrics.jsonl`` is verl's ``file`` logger output, merged across resumes by :mod:`fipo.run_folder`.
 """
 
 from __future__ import annotations
@@ -13,16 +13,27 @@ from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 
-from fipo.analysis.errors import MalformedLogError, MissingMetricError, MissingRunError
+from fipo.analysis.errors import AnalysisError, MalformedLogError, MissingMetricError, MissingRunError
 from fipo.files import MalformedLineError
-from fipo.run_log import read_steps
-from fipo.verl_command import run_paths
+from fipo.run_folder import read_steps, run_folder
 
 COLUMNS = ["run", "preset", "experiment", "step", "metric", "value"]
 
 
+class NonFiniteMetricError(MissingMetricError):
+    """A metric that was logged, but never with a finite value (a diverged run logs NaN)."""
+
+    def __init__(self, run: str, metric: str, steps: Sequence[int], needed_by: str = ""):
+        self.run, self.metric, self.steps = run, metric, list(steps)
+        by = f" (needed by {needed_by})" if needed_by else ""
+        shown = ", ".join(map(str, self.steps[:10])) + (f", ... ({len(self.steps)} steps)" if self.steps[10:] else "")
+        AnalysisError.__init__(self, f"run {run}: metric {metric!r}{by} has only non-finite values (NaN/inf), "
+                                     f"at steps {shown}")
+
+
 def load_metrics(path, preset: str = "", experiment: str = "") -> pd.DataFrame:
-    """The tidy frame of one metrics JSONL. Non-numeric values (verl logs a few dicts) are left out."""
+    """The tidy frame of one metrics JSONL. Non-numeric values (verl logs a few dicts) are left out; NaN and
+    ±inf are kept as NaN rows, so a plot breaks its line at the gap instead of drawing across it."""
     path = Path(path)
     run = f"{preset}/{experiment}" if preset or experiment else path.parent.name
     if not path.is_file():
@@ -32,10 +43,10 @@ def load_metrics(path, preset: str = "", experiment: str = "") -> pd.DataFrame:
     except MalformedLineError as err:
         raise MalformedLogError(path, err.line, err.reason) from None
     rows = [
-        (run, preset, experiment, step, metric, float(value))
+        (run, preset, experiment, step, metric, float(value) if math.isfinite(value) else math.nan)
         for step, data in steps.items()
         for metric, value in data.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
     ]
     if not rows:
         raise MalformedLogError(path, 0, "no numeric metrics in the file")
@@ -45,7 +56,7 @@ def load_metrics(path, preset: str = "", experiment: str = "") -> pd.DataFrame:
 
 def load_runs(results_dir, preset: str, experiments: Iterable[str]) -> pd.DataFrame:
     """The tidy frame of several runs of one preset; a missing run raises :class:`MissingRunError`."""
-    frames = [load_metrics(run_paths(results_dir, preset, e).metrics, preset, e) for e in experiments]
+    frames = [load_metrics(run_folder(results_dir, preset, e).metrics, preset, e) for e in experiments]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -55,16 +66,22 @@ def run_names(frame: pd.DataFrame) -> list[str]:
 
 def require(frame: pd.DataFrame, metrics: Sequence[str], needed_by: str = "", runs: Optional[Sequence[str]] = None,
             hint: str = "") -> None:
-    """Raise :class:`MissingMetricError` for the first (run, metric) pair without a single value."""
+    """Raise :class:`MissingMetricError` for the first (run, metric) pair that was never logged, and its
+    subclass :class:`NonFiniteMetricError` for one logged only as NaN/inf."""
     present = frame.groupby("run")["metric"].agg(set).to_dict()
+    finite = frame.dropna(subset=["value"]).groupby("run")["metric"].agg(set).to_dict()
     for run in runs or run_names(frame):
         for metric in metrics:
             if metric not in present.get(run, set()):
                 raise MissingMetricError(run, metric, needed_by, hint)
+            if metric not in finite.get(run, set()):
+                steps = frame.loc[(frame["run"] == run) & (frame["metric"] == metric), "step"]
+                raise NonFiniteMetricError(run, metric, sorted(steps), needed_by)
 
 
 def series(frame: pd.DataFrame, run: str, metric: str) -> pd.Series:
-    """One metric of one run, indexed by step; raises :class:`MissingMetricError` if it was never logged."""
+    """One metric of one run, indexed by step; raises :class:`MissingMetricError` if it was never logged.
+    Non-finite values are NaN: drop them (``.dropna()``) before a fit or a mean, keep them for a plot."""
     rows = frame[(frame["run"] == run) & (frame["metric"] == metric)]
     if rows.empty:
         raise MissingMetricError(run, metric)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from fipo.files import write_text_atomic
+from fipo.provenance import folder_digest
+from fipo.run_folder import read_steps
+
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
+LATEST_MARKER = "latest_checkpointed_iteration.txt"  # verl writes the last saved step there
 SELECTIONS = ("last", "best")  # which checkpoint to evaluate
 
 
@@ -34,15 +42,35 @@ def select_step(checkpoint_dir: Path, which: str = "last", metrics_path: Path | 
         raise ValueError(f"checkpoint selection {which!r}; allowed: {', '.join(SELECTIONS)}")
     if metrics_path is None or metric is None:
         raise ValueError("selecting the best checkpoint needs the run's metrics file and a validation metric")
-    values = {}
-    for line in Path(metrics_path).read_text().splitlines():
-        record = json.loads(line)
-        if metric in record["data"]:
-            values[int(record["step"])] = float(record["data"][metric])
-    scored = [(values[s], -s) for s in steps if s in values]
-    if not scored:
+    # read_steps: a torn last line (a crash mid-write) is skipped, any other bad line names its file and line
+    values = {step: data[metric] for step, data in read_steps(metrics_path).items() if metric in data}
+    logged = [s for s in steps if s in values]
+    if not logged:
         raise ValueError(f"{metrics_path}: no '{metric}' at any checkpointed step {steps}")
+    scored = []
+    for step in logged:
+        try:
+            value = float(values[step])
+        except (TypeError, ValueError):
+            raise ValueError(f"{metrics_path}: step {step}: '{metric}' = {values[step]!r} is not a number") from None
+        if math.isfinite(value):  # a NaN validation score must not win (max() over NaN is order-dependent)
+            scored.append((value, -step))
+    if not scored:
+        raise ValueError(f"{metrics_path}: '{metric}' is not finite (NaN/inf) at every checkpointed step that "
+                         f"logged it: {logged}")
     return -max(scored)[1]
+
+
+def latest_checkpointed_step(checkpoint_dir: Path) -> int | None:
+    """The step in verl's ``latest_checkpointed_iteration.txt``; None when there is no such file."""
+    path = Path(checkpoint_dir) / LATEST_MARKER
+    if not path.is_file():
+        return None
+    text = path.read_text().strip()
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"{path}: expected the step number verl writes there, found {text!r}; delete the file to "
+                         "resume from the newest global_step_N folder, or the run folder to start over")
+    return int(text)
 
 
 def merge_command(actor_dir: Path, target_dir: Path) -> list[str]:
@@ -51,9 +79,26 @@ def merge_command(actor_dir: Path, target_dir: Path) -> list[str]:
             "--local_dir", str(actor_dir), "--target_dir", str(target_dir)]
 
 
-def convert(checkpoint_dir: Path, step: int, target_dir: Path) -> Path:
+def convert(checkpoint_dir: Path, step: int, target_dir: Path, provenance: dict | None = None) -> Path:
+    """Merge ``global_step_{step}/actor`` into ``target_dir``, whole or not at all: verl's merger writes a
+    hidden sibling folder, which is renamed into place once complete (a killed conversion leaves no folder a
+    later step could take for a model). ``target_dir/provenance.json`` says what it is: ``provenance`` (e.g.
+    the run's fingerprint), the step, and the digest of the merged files, which evaluations are keyed on."""
     actor = Path(checkpoint_dir) / f"global_step_{step}" / "actor"
     if not actor.is_dir():
         raise FileNotFoundError(f"no actor checkpoint at {actor}")
-    subprocess.run(merge_command(actor, target_dir), check=True)
-    return Path(target_dir)
+    target = Path(target_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a conversion that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        subprocess.run(merge_command(actor, tmp), check=True)
+        record = {**(provenance or {}), "step": step, "model_sha256": folder_digest(tmp)}
+        write_text_atomic(tmp / "provenance.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -2,7 +2,9 @@
 
 The per-sample file is written one problem at a time (all n lines in one write, then fsync), so a crash
 loses at most the problem in flight; a rerun with the same settings reuses every finished problem and
-samples only the rest. Rerunning with different settings into the same folder is refused.
+samples only the rest. An evaluation is keyed on its model's and benchmark's content (not their paths) and
+its sampling settings (``settings.json``); rerunning with other ones into the same folder is refused, or with
+``on_change="restart"`` the old results are moved to ``superseded/`` and the evaluation starts again.
 """
 
 from __future__ import annotations
@@ -13,20 +15,25 @@ import os
 import statistics
 import time
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import pandas as pd
-
-from fipo.files import atomic_write, read_jsonl, write_text_atomic
 
 from fipo.data import DEFAULT_DATA_DIR, dataset_path, require_datasets
 from fipo.eval import BENCHMARKS
 from fipo.eval.metrics import ProblemResult, summarize
 from fipo.eval.sampling import Sampler, SamplingSettings, make_sampler
 from fipo.eval.scoring import get_scorer
+from fipo.files import MalformedLineError, atomic_write, read_jsonl, write_text_atomic
+from fipo.provenance import file_digest, folder_digest, short
 
 SAMPLES_FILE, SUMMARY_FILE, SUMMARY_CSV, SETTINGS_FILE = "samples.jsonl", "summary.json", "summary.csv", "settings.json"
+SUPERSEDED_DIR = "superseded"
+ON_CHANGE = ("refuse", "restart")  # what to do when an output folder holds an evaluation with other settings
+INFO_KEYS = ("model",)  # in settings.json for the reader, but not part of the key (the model may move)
+SAMPLE_KEYS = ("problem_id", "sample_index", "response", "extracted_answer", "correct", "length", "finish_reason")
 
 
 def load_benchmark(name: str, data_dir: Path = DEFAULT_DATA_DIR) -> list[dict]:
@@ -48,25 +55,120 @@ def load_benchmark(name: str, data_dir: Path = DEFAULT_DATA_DIR) -> list[dict]:
     return problems
 
 
-def read_finished(path: Path, n: int) -> dict[str, list[dict]]:
-    """problem_id -> its n sample records, from a previous (possibly interrupted) run."""
+def read_finished(path: Path, n: int, problem_ids: Iterable[str],
+                  log: Optional[Callable[[str], None]] = None) -> dict[str, list[dict]]:
+    """problem_id -> its n sample records, from a previous (possibly interrupted) run.
+
+    The writer appends each problem's n records in one write, so a crash can only tear the end of the file:
+    a torn last line and the records of the last problem when it has fewer than n are left out (with a log
+    line). Anything else that does not fit is refused with :class:`MalformedLineError` (file and line): a
+    record of a problem outside the benchmark, a sample index outside [0, n) or seen twice, a problem with
+    more than n records, or an incomplete problem that is not the last one in the file.
+    """
+    path = Path(path)
     if not path.exists():
         return {}
-    by_problem: dict[str, list[dict]] = {}
-    for _, record in read_jsonl(path, "sample"):
-        by_problem.setdefault(record["problem_id"], []).append(record)
-    return {pid: recs for pid, recs in by_problem.items() if len(recs) == n}
+    known = set(problem_ids)
+    finished: dict[str, list[dict]] = {}
+    group: list[dict] = []  # the records of the problem being read, from its first line at `group_line`
+    group_line = last_line = 0
+
+    def close_group() -> None:
+        if len(group) < n:
+            raise MalformedLineError(path, group_line, f"problem {group[0]['problem_id']!r} has {len(group)} of n={n} "
+                                     "samples but is not the last problem in the file (a crash only tears that one)")
+        finished[group[0]["problem_id"]] = list(group)
+
+    for number, record in read_jsonl(path, "sample"):
+        last_line = number
+        if not isinstance(record, dict) or any(k not in record for k in SAMPLE_KEYS):
+            raise MalformedLineError(path, number, f"expected a sample record with {', '.join(SAMPLE_KEYS)}")
+        pid, index = record["problem_id"], record["sample_index"]
+        if pid not in known:
+            raise MalformedLineError(path, number, f"problem {pid!r} is not in the benchmark")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
+            raise MalformedLineError(path, number, f"sample_index {index!r} of problem {pid!r} is outside [0, {n})")
+        if group and pid != group[0]["problem_id"]:
+            close_group()
+            group = []
+        if pid in finished:
+            raise MalformedLineError(path, number, f"problem {pid!r} appears again after other problems")
+        if len(group) == n:
+            raise MalformedLineError(path, number, f"problem {pid!r} has more than n={n} samples")
+        if any(r["sample_index"] == index for r in group):
+            raise MalformedLineError(path, number, f"duplicate sample_index {index} of problem {pid!r}")
+        if not group:
+            group_line = number
+        group.append(record)
+    if len(group) == n:
+        finished[group[0]["problem_id"]] = group
+    elif group and log:
+        log(f"[fipo eval] {path}: dropping the {len(group)} of n={n} samples of problem {group[0]['problem_id']!r} "
+            f"at lines {group_line}-{last_line} (the run that wrote them was interrupted)")
+    if log and last_line < len(path.read_text().splitlines()):  # read_jsonl skipped a torn last line
+        log(f"[fipo eval] {path}: dropping the torn last line {last_line + 1} (a crash mid-write)")
+    return finished
 
 
-def _check_settings(out_dir: Path, settings: dict) -> None:
-    path = out_dir / SETTINGS_FILE
+def _changed_keys(previous: dict, current: dict) -> list[str]:
+    return sorted(k for k in set(previous) | set(current) if k not in INFO_KEYS and previous.get(k) != current.get(k))
+
+
+def _describe(key: str, previous: dict, current: dict) -> str:
+    old, new = previous.get(key, "(absent)"), current.get(key, "(absent)")
+    if key.endswith("_sha256"):
+        old, new = (short(v) if isinstance(v, str) else v for v in (old, new))
+    return f"{key}: {old} -> {new}"
+
+
+def _move_aside(out_dir: Path, previous: dict, log: Callable[[str], None]) -> Path:
+    """Move the old evaluation's files to ``superseded/<UTC time>-<old model hash>/``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    old_model = previous.get("model_sha256")
+    target = out_dir / SUPERSEDED_DIR / f"{stamp}-{short(old_model) if isinstance(old_model, str) else 'unknown'}"
+    target.mkdir(parents=True)
+    # settings.json last: until it moves, an interrupted move is still seen as the old evaluation (and moved again)
+    for name in (SAMPLES_FILE, SUMMARY_FILE, SUMMARY_CSV, SETTINGS_FILE):
+        if (out_dir / name).exists():
+            os.replace(out_dir / name, target / name)
+    log(f"[fipo eval] {out_dir}: settings changed; moved the previous evaluation to {target}")
+    return target
+
+
+def _check_settings(out_dir: Path, settings: dict, on_change: str, log: Callable[[str], None]) -> None:
+    """Refuse (or move aside, with ``on_change="restart"``) an evaluation in ``out_dir`` made with other
+    settings. Samples without a settings.json are of unknown settings: they count as different."""
+    path, samples = out_dir / SETTINGS_FILE, out_dir / SAMPLES_FILE
     if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != settings:
-            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise ValueError(f"{out_dir} holds an evaluation with other settings ({', '.join(changed)}); use another --out")
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    elif samples.exists():
+        previous = {}
     else:
-        path.write_text(json.dumps(settings, indent=2) + "\n")
+        return
+    changed = _changed_keys(previous, settings)
+    if not changed:
+        return
+    if on_change == "restart":
+        _move_aside(out_dir, previous, log)
+        return
+    what = ("; ".join(_describe(k, previous, settings) for k in changed) if path.exists()
+            else f"{samples} has no {SETTINGS_FILE}")
+    raise ValueError(f"{out_dir} holds an evaluation with other settings ({what}). Its samples cannot be reused: "
+                     f"rerun with --on-change restart (on_change='restart') to move them to "
+                     f"{out_dir / SUPERSEDED_DIR}/ and start again, or write to another --out")
+
+
+def evaluation_key(model_path, benchmark: str, data_dir, scorer: str, settings: SamplingSettings) -> dict:
+    """What ``settings.json`` holds: the model's and the benchmark file's content hashes, the scorer and the
+    sampling settings (the key), and the model's path (information only)."""
+    if not Path(model_path).is_dir():
+        raise FileNotFoundError(f"model folder not found: {model_path} (fipo eval keys an evaluation on the model's "
+                                "content, so it needs a local Hugging Face folder)")
+    return {"model": str(model_path), "model_sha256": folder_digest(model_path), "benchmark": benchmark,
+            "benchmark_sha256": file_digest(dataset_path(benchmark, data_dir)), "scorer": scorer, **asdict(settings)}
 
 
 def evaluate(
@@ -81,22 +183,30 @@ def evaluate(
     chunk_problems: int = 8,
     sampler: Optional[Sampler] = None,
     log: Callable[[str], None] = print,
+    on_change: str = "refuse",
 ) -> dict:
+    if on_change not in ON_CHANGE:
+        raise ValueError(f"on_change={on_change!r}; allowed: {', '.join(ON_CHANGE)}")
     problems = load_benchmark(benchmark, data_dir)
     score = get_scorer(scorer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_settings(out_dir, {"model": str(model_path), "benchmark": benchmark, "scorer": scorer, **asdict(settings)})
+    key = evaluation_key(model_path, benchmark, data_dir, scorer, settings)
+    _check_settings(out_dir, key, on_change, log)  # before anything expensive; writes nothing (restart: moves)
     samples_path = out_dir / SAMPLES_FILE
-    finished = read_finished(samples_path, settings.n)
-    # Rewrite the file with complete problems only (drops a torn tail), then append.
-    with open(samples_path, "w") as f:
-        for records in finished.values():
-            f.writelines(json.dumps(r) + "\n" for r in records)
+    finished = read_finished(samples_path, settings.n, (p["problem_id"] for p in problems), log)
+    # Drop a torn tail (or add a missing final newline) before appending: whole new file or the old one.
+    kept = "".join(json.dumps(r) + "\n" for records in finished.values() for r in records)
+    if samples_path.exists() and samples_path.read_text() != kept:
+        write_text_atomic(samples_path, kept)
     todo = [(i, p) for i, p in enumerate(problems) if p["problem_id"] not in finished]
     log(f"[fipo eval] {benchmark}: {len(problems)} problems, {len(finished)} already done, {len(todo)} to sample")
     if todo:
         sampler = sampler or make_sampler(backend, model_path, tensor_parallel_size, settings.seed)
+    # Only now that the model loaded: a failed start (a typo in --model, a backend that cannot start) must not
+    # claim the folder for its settings.
+    write_text_atomic(out_dir / SETTINGS_FILE, json.dumps(key, indent=2) + "\n")
+    if todo:
         start = time.time()
         for c in range(0, len(todo), chunk_problems):
             chunk = todo[c : c + chunk_problems]
@@ -122,8 +232,8 @@ def evaluate(
             done = min(c + chunk_problems, len(todo))
             log(f"[fipo eval] {benchmark}: {done}/{len(todo)} problems sampled ({time.time() - start:.0f} s)")
     summary = summarize_records(problems, finished, settings.seed)
-    summary.update({"benchmark": benchmark, "model": str(model_path), "scorer": scorer, "backend": backend,
-                    "settings": asdict(settings)})
+    summary.update({"benchmark": benchmark, "model": str(model_path), "model_sha256": key["model_sha256"],
+                    "scorer": scorer, "backend": backend, "settings": asdict(settings)})
     write_summary(out_dir, summary)
     return summary
 
