@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -12,12 +13,15 @@ from pathlib import Path
 from fipo import data as data_mod
 from fipo.eval import BENCHMARKS
 from fipo.eval.checkpoints import SELECTIONS
+from fipo.eval.runner import ON_CHANGE
 from fipo.eval.sampling import BACKENDS
 from fipo.eval.scoring import SCORERS
 from fipo.experiment import SpecError, list_experiments, list_presets, load_experiment
 from fipo import training
 from fipo.analysis.errors import AnalysisError
-from fipo.verl_command import command_line, model_path, run_paths, verl_environment, verl_overrides
+from fipo.provenance import folder_digest, project_version, short
+from fipo.run_folder import RunFolderBusy, run_folder, run_provenance
+from fipo.verl_command import command_line, model_path, portable_overrides, verl_environment, verl_overrides
 
 DEFAULT_RESULTS = Path("results")
 
@@ -37,23 +41,44 @@ def cmd_presets(args) -> int:
 def cmd_train(args) -> int:
     exp = load_experiment(args.preset, args.experiment)
     # Absolute paths: Ray workers do not share the launching shell's working directory.
-    run = run_paths(args.results_dir.resolve(), args.preset, args.experiment)
-    overrides = verl_overrides(
-        exp, data_dir=args.data_dir.resolve(), run=run, results_dir=args.results_dir, ray_address=args.ray_address
-    )
-    overrides += args.override or []
+    results_dir, data_dir = _absolute(args.results_dir), _absolute(args.data_dir)
+    run = run_folder(results_dir, args.preset, args.experiment)
+    extra = args.override or []
+    overrides = verl_overrides(exp, data_dir=data_dir, run=run, results_dir=results_dir,
+                               ray_address=args.ray_address) + extra
     if args.dry_run:
         print(command_line(overrides))
         env = verl_environment(run, exp)
         print("# environment: " + " ".join(f"{k}={v}" for k, v in env.items()), file=sys.stderr)
         return 0
-    data_mod.require_datasets([exp.data.train, *exp.data.val], args.data_dir)
-    require_model(exp, args.results_dir)
-    start = time.time()
-    code = training.run_training(exp, run, overrides, timeout_s=args.timeout or exp.trainer.timeout_s)
-    if code == 0 and args.record:
-        training.write_record(args.record, exp, run, overrides, wall_s=time.time() - start)
+    data_mod.require_datasets([exp.data.train, *exp.data.val], data_dir)
+    require_model(exp, results_dir)
+    provenance = run_provenance(
+        exp, portable_overrides(exp, extra), extra,
+        {name: data_mod.dataset_path(name, data_dir) for name in [exp.data.train, *exp.data.val]},
+        model_identity(exp, results_dir), project_version(),
+    )
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    with run.lock(f"fipo train --preset {args.preset} --experiment {args.experiment}") as lock_fd:
+        outcome = run.claim(provenance, log=log)
+        log(f"[fipo] {exp.run_id}: fingerprint {short(provenance['fingerprint'])} ({outcome})")
+        start = time.time()
+        code = training.run_training(exp, run, overrides, timeout_s=args.timeout or exp.trainer.timeout_s,
+                                     lock_fd=lock_fd)
+        if code == 0 and args.record:
+            run.write_record(args.record, provenance, command_line(overrides), wall_s=time.time() - start)
     return code
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def model_identity(exp, results_dir: Path) -> dict:
+    """The model as part of a run's fingerprint: its spec path, and the content of a local folder (the tiny
+    model, or a local copy); a hub id stands for itself."""
+    path = Path(model_path(exp, results_dir))
+    return {"path": exp.model.path, "sha256": folder_digest(path) if path.is_dir() else None}
 
 
 def require_model(exp, results_dir: Path) -> None:
@@ -96,7 +121,7 @@ def cmd_eval(args) -> int:
                                 seed=args.seed)
     out = args.out or Path(args.results_dir) / "eval" / Path(args.model).name / args.benchmark
     summary = evaluate(args.model, args.benchmark, out, settings, backend=args.backend, scorer=args.scorer,
-                       data_dir=args.data_dir, tensor_parallel_size=args.tensor_parallel_size,
+                       data_dir=args.data_dir, tensor_parallel_size=args.tensor_parallel_size, on_change=args.on_change,
                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
     n = settings.n
     print(f"{args.benchmark}: Avg@{n} {summary[f'avg@{n}']:.1f}  Cons@{n} {summary[f'cons@{n}']:.1f}  "
@@ -107,7 +132,7 @@ def cmd_eval(args) -> int:
 def cmd_convert(args) -> int:
     from fipo.eval.checkpoints import convert, select_step
 
-    run = run_paths(args.results_dir.resolve(), args.preset, args.experiment)
+    run = run_folder(_absolute(args.results_dir), args.preset, args.experiment)
     metric = args.metric
     if args.which == "best" and not args.step and not metric:  # the run's validation Avg@N (AIME24 if there)
         from fipo.analysis.runs import load_metrics, validation_metric
@@ -115,7 +140,9 @@ def cmd_convert(args) -> int:
         metric = validation_metric(load_metrics(run.metrics, args.preset, args.experiment), f"{args.preset}/{args.experiment}")
     step = args.step or select_step(run.checkpoints, args.which, run.metrics, metric)
     target = args.out or run.run_dir / "hf" / f"global_step_{step}"
-    print(convert(run.checkpoints, step, target))
+    origin = {"preset": args.preset, "experiment": args.experiment, "run_fingerprint": run.recorded_fingerprint(),
+              "which": "step" if args.step else args.which}
+    print(convert(run.checkpoints, step, target, provenance=origin))
     return 0
 
 
@@ -123,7 +150,7 @@ def cmd_lengths(args) -> int:
     from fipo.analysis.rollouts import write_length_stats
 
     exp = load_experiment(args.preset, args.experiment)
-    run = run_paths(args.results_dir, args.preset, args.experiment)
+    run = run_folder(args.results_dir, args.preset, args.experiment)
     out = args.out or run.length_stats
     print(write_length_stats(run.rollouts, out, model_path(exp, args.results_dir), exp.data.max_response_length,
                              log=lambda msg: print(msg, file=sys.stderr, flush=True)))
@@ -136,6 +163,17 @@ def cmd_tables(args) -> int:
     for path in write_settings_tables(args.out):
         print(path)
     return 0
+
+
+def positive_seconds(text: str) -> float:
+    """A wall-clock limit: a finite number of seconds > 0 (0, negative values and nan are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=data_mod.DEFAULT_DATA_DIR)
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--ray-address", help="an existing Ray cluster (multi-node), e.g. 10.0.0.1:6379 or auto")
-    p.add_argument("--timeout", type=float, help="wall-clock limit in seconds (default: the preset's trainer.timeout_s)")
+    p.add_argument("--timeout", type=positive_seconds, help="wall-clock limit in seconds (default: the preset's trainer.timeout_s)")
     p.add_argument("--override", action="append", metavar="KEY=VALUE", help="extra verl Hydra override")
     p.add_argument("--record", type=Path, help="on success, write the run's record (JSON: steps, wall time, command) here")
     p.set_defaults(func=cmd_train)
@@ -185,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=data_mod.DEFAULT_DATA_DIR)
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--out", type=Path, help="output folder (default: results/eval/<model>/<benchmark>)")
+    p.add_argument("--on-change", choices=ON_CHANGE, default="refuse",
+                   help="the folder holds an evaluation of another model (by content) or with other settings: refuse "
+                        "(default), or restart after moving the old files to <out>/superseded/")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("convert", help="turn a run's checkpoint into a Hugging Face folder (verl's model merger)")
@@ -214,7 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, data_mod.DatasetUnavailable, FileNotFoundError, ValueError, AnalysisError) as e:
+    except (SpecError, data_mod.DatasetUnavailable, ValueError, AnalysisError, RunFolderBusy) as e:
+        print(f"fipo: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # a backend that is not installed here (vLLM on a CPU machine, math-verify)
+        print(f"fipo: error: {e} (is the package installed in this environment? see README)", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as e:
+        print(f"fipo: error: {' '.join(map(str, e.cmd))} exited with {e.returncode}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a missing file or folder, a full disk, no permission: one line, not a traceback
         print(f"fipo: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP from snakemake or Slurm (fipo.training)

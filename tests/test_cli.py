@@ -49,3 +49,37 @@ def test_tables_command_writes_the_spec_tables(tmp_path):
     out = fipo("tables", "--out", str(tmp_path))
     assert out.returncode == 0
     assert (tmp_path / "table2.md").is_file() and (tmp_path / "table3.csv").is_file()
+
+
+def test_a_wall_clock_limit_must_be_a_positive_number_of_seconds():
+    for bad in ("0", "-5", "nan", "inf", "soon"):
+        out = fipo("train", "--preset", "tiny", "--experiment", "fipo", "--timeout", bad, "--dry-run")
+        assert out.returncode == 2 and "--timeout" in out.stderr and repr(bad) in out.stderr, (bad, out.stderr)
+    assert fipo("train", "--preset", "tiny", "--experiment", "fipo", "--timeout", "600", "--dry-run").returncode == 0
+
+
+def test_eval_failures_are_one_line_not_a_traceback(tmp_path):
+    """A model folder that does not exist, a backend this machine lacks: one 'fipo: error:' line, no traceback,
+    and nothing written to the output folder (the corrected command must run there)."""
+    from fipo.data import prepare_aime
+
+    prepare_aime(tmp_path / "data")
+    out = fipo("eval", "--model", str(tmp_path / "no-such-model"), "--benchmark", "aime2024", "--backend", "hf",
+               "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "eval"))
+    assert out.returncode == 2 and out.stderr.startswith("fipo: error:") and "Traceback" not in out.stderr
+    assert "no-such-model" in out.stderr
+    assert not (tmp_path / "eval" / "settings.json").exists()
+
+
+def test_the_cpu_machine_has_no_vllm_and_says_so(tmp_path):
+    from fipo.data import prepare_aime
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    prepare_aime(tmp_path / "data")
+    out = fipo("eval", "--model", str(model), "--benchmark", "aime2024", "--backend", "vllm",
+               "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "eval"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "vllm" in out.stderr.lower()
+    assert not (tmp_path / "eval" / "settings.json").exists()

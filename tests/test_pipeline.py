@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from fipo.analysis import catalog
 from fipo.experiment import ablations, list_experiments
@@ -72,9 +73,7 @@ def made(jobs, rule) -> set[str]:
 
 @pytest.mark.parametrize("preset", ["tiny", "qwen2.5-32b", "qwen2.5-7b-math"])
 def test_dry_run_plans_every_run_evaluation_figure_and_table(preset, tmp_path):
-    start = time.monotonic()
     jobs = planned(results=tmp_path, config=[f"preset={preset}"])
-    seconds = time.monotonic() - start
     experiments = set(list_experiments(preset))
     assert trained(jobs) == experiments
     assert {Path(out).parent.parent.name for r, out in jobs if r == "evaluate"} == experiments
@@ -84,8 +83,6 @@ def test_dry_run_plans_every_run_evaluation_figure_and_table(preset, tmp_path):
     assert ("index", f"{tmp_path}/{preset}/index.html") in jobs
     benchmarks = {Path(out).parent.name for r, out in jobs if r == "evaluate"}
     assert benchmarks == ({"tiny-test"} if preset == "tiny" else {"aime2024", "aime2025"})
-    if preset == "qwen2.5-32b":
-        assert seconds <= 10, f"snakemake -n for the 32B preset took {seconds:.1f} s"
 
 
 def test_gpu_rules_declare_their_resources(tmp_path):
@@ -129,6 +126,14 @@ def test_single_artifact_and_single_run_targets(tmp_path):
     assert made(jobs, "figure") == {a for a in catalog.ARTIFACTS if catalog.ARTIFACTS[a].kind == "figure"}
 
 
+def test_the_default_profile_is_loaded(tmp_path):
+    """workflow/profiles/default is found only beside the Snakefile (workflow/Snakefile): rerun-incomplete."""
+    out = snakemake("-n", results=tmp_path)
+    assert "Using workflow specific profile workflow/profiles/default" in out.stdout, out.stdout[:2000]
+    profile = yaml.safe_load((ROOT / "workflow" / "profiles" / "default" / "config.yaml").read_text())
+    assert profile["rerun-incomplete"] is True
+
+
 def test_lint_is_clean():
     out = snakemake("--lint")
     assert out.returncode == 0 and "Congratulations" in out.stdout + out.stderr, out.stdout[-3000:]
@@ -153,6 +158,41 @@ def test_wrong_type_is_refused_by_the_schema(tmp_path):
     out = snakemake(results=tmp_path / "r", config=["experiments=[fipo,fipo-tau1000]"])
     assert "experiments: ['fipo-tau1000'] not in preset 'tiny'" in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_config_values_on_the_command_line_are_typed(tmp_path):
+    """Snakemake reads --config values as strings: {timeout_s: 600} must still be a number."""
+    out = snakemake("-n", "-p", results=tmp_path, config=["train={timeout_s: 600}", "eval={n: 4}"])
+    assert out.returncode == 0, out.stdout[-3000:]
+    trains = [line for line in out.stdout.splitlines() if " -m fipo train " in line]
+    evals = [line for line in out.stdout.splitlines() if " -m fipo eval " in line]
+    assert trains and all("--timeout 600 " in line for line in trains)
+    assert evals and all(" --n 4 " in line for line in evals)
+    out = snakemake("-n", results=tmp_path, config=["train={timeout_s: 0}"])
+    assert out.returncode != 0 and "timeout_s" in out.stderr
+
+
+@pytest.mark.parametrize("spelling", ["{}/", "{}/.", "{}//", "{}/../{}"])
+def test_results_dir_spellings_name_one_folder(spelling, tmp_path):
+    results = spelling.format(tmp_path, tmp_path.name)
+    jobs = planned(results=results)
+    assert ("index", f"{tmp_path}/tiny/index.html") in jobs
+
+
+@pytest.mark.parametrize("name", ["x`touch PWNED`", "../../../x", "a+b", "x y", "$(touch PWNED)", "é"])
+def test_unsafe_experiment_names_are_refused_before_any_job(name, tmp_path):
+    config = tmp_path / "config"
+    shutil.copytree(ROOT / "config", config)
+    preset = config / "presets" / "tiny.yaml"
+    text = preset.read_text().replace("experiments:\n  dapo:", f"experiments:\n  {json.dumps(name)}:\n    method: dapo\n  dapo:")
+    preset.write_text(text)
+    before = set(os.listdir(ROOT))
+    out = snakemake(results=tmp_path / "r", env={"FIPO_CONFIG_DIR": str(config)})
+    assert out.returncode != 0
+    assert repr(name) in out.stderr and "names must match ^[A-Za-z0-9][A-Za-z0-9._-]*$" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert set(os.listdir(ROOT)) == before and not (tmp_path / "r").exists()
+    assert not list(tmp_path.rglob("PWNED"))
 
 
 def test_non_positive_tau_stops_before_any_job_naming_the_key(tmp_path):
@@ -185,17 +225,20 @@ def smoke(tmp_path_factory, ray_dir):
     """`snakemake --cores all --configfile config/smoke.yaml`, interrupted (SIGINT, as Ctrl-C) while the second
     training run is past its first checkpoint, then run again to the end."""
     root = tmp_path_factory.mktemp("smoke")
-    results, data = root / "results", root / "data"
+    # A space, non-ASCII and '#' in every path: each reaches a shell, Hydra and verl, and must arrive intact.
+    # (Given in a config file: on the command line, Snakemake's YAML reading of --config would drop ' #...'.)
+    results, data = root / "résultats #1" / "results", root / "résultats #1" / "data"
+    paths = root / "paths.yaml"
+    paths.write_text(yaml.safe_dump({"results_dir": str(results), "data_dir": str(data)}, allow_unicode=True))
     env = {**os.environ, "RAY_TMPDIR": str(ray_dir)}
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "all", "--configfile", "config/smoke.yaml",
-           "--config", f"results_dir={results}", f"data_dir={data}"]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "all", "--configfile", "config/smoke.yaml", str(paths)]
     log = open(root / "first.log", "w")
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     runs = results / "tiny" / "runs"
-    deadline, victim = time.monotonic() + 900, None
+    deadline, victim = time.monotonic() + 1800, None  # a guard against a hang, not a speed requirement
     while victim is None:
         assert first.poll() is None, (root / "first.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no second run reached a checkpoint in 15 minutes"
+        assert time.monotonic() < deadline, "no second run reached a checkpoint in 30 minutes: hung?"
         done = list(runs.glob("*/run.json"))
         for marker in runs.glob("*/checkpoints/latest_checkpointed_iteration.txt"):
             run_dir = marker.parent.parent
@@ -214,7 +257,7 @@ def smoke(tmp_path_factory, ray_dir):
         "temp_files": [str(p) for p in results.rglob("*.tmp")],
     }
     start = time.monotonic()
-    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     (root / "second.log").write_text(second.stdout + second.stderr)
     assert second.returncode == 0, (second.stdout + second.stderr)[-6000:]
     return {"root": root, "results": results, "data": data, "victim": victim, "finished_before": finished_before,
@@ -238,13 +281,17 @@ def test_smoke_pipeline_writes_every_figure_table_and_the_index(smoke):
     for experiment in list_experiments("tiny"):
         summary = json.loads((results / "tiny" / "eval" / experiment / "tiny-test" / "summary.json").read_text())
         assert summary["samples_per_problem"] == 4 and summary["problems"] == 64
+    for experiment in list_experiments("tiny"):  # each run's fingerprint, as its run.json says
+        record = json.loads((results / "tiny" / "runs" / experiment / "run.json").read_text())
+        assert record["fingerprint"][:12] in index
+    assert index.count("inputs fingerprint ") == len(catalog.artifacts_for("tiny"))
     table1 = (results / "tiny" / "tables" / "table1.md").read_text()
     assert "| FIPO | Avg@4 | 56.0 | 43.0 |" in table1  # the paper's value beside the reproduced one
 
 
 @pytest.mark.slow
 def test_smoke_runs_log_what_the_figures_need(smoke):
-    from fipo.run_log import read_steps
+    from fipo.run_folder import read_steps
 
     for experiment in list_experiments("tiny"):
         run = smoke["results"] / "tiny" / "runs" / experiment
@@ -262,7 +309,7 @@ def test_smoke_runs_log_what_the_figures_need(smoke):
 def test_length_quantiles_agree_with_verls_own_length_metrics(smoke):
     """Lengths re-counted from the decoded rollout dumps: the mean matches verl's response_length/mean."""
     import pandas as pd
-    from fipo.run_log import read_steps
+    from fipo.run_folder import read_steps
 
     for experiment in ("dapo", "fipo", "fipo-cliphigh-1.4", "fipo-maxlen-25k"):
         run = smoke["results"] / "tiny" / "runs" / experiment
@@ -283,7 +330,7 @@ def test_interrupted_run_resumes_and_finished_jobs_are_not_redone(smoke):
     victim = smoke["victim"]
     attempts = sorted(victim.glob("metrics.attempt-*.jsonl"))
     assert len(attempts) == 2
-    from fipo.run_log import read_steps
+    from fipo.run_folder import read_steps
 
     first, resumed = read_steps(attempts[0]), read_steps(attempts[1])
     assert "actor/entropy" in first[1] and "actor/entropy" not in resumed.get(1, {})  # step 1: from its checkpoint
@@ -332,3 +379,146 @@ def test_a_notebook_without_a_needed_metric_fails_naming_run_and_metric(smoke, t
     assert out.returncode != 0
     assert "run tiny/fipo-raw has no metric 'actor/influence_weights_mean' needed by fig09" in out.stderr
     assert not (tmp_path / "figures").exists()  # no partial output
+
+
+# ------------------------------------------------------------------------------------ provenance and faults
+
+EDITED = "fipo-maxlen-25k"  # its artifact (Figure 8) reads length statistics: every kind of job reruns
+
+
+def job_counts(dry_run_output: str) -> Counter:
+    return Counter(re.findall(r"^(?:local)?rule (\w+):$", dry_run_output, re.M))
+
+
+def files_with_mtimes(results: Path) -> dict[str, int]:
+    return {str(p.relative_to(results)): p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
+
+
+def may_change(relative: str, affected: set[str]) -> bool:
+    """What an edit of EDITED's spec may rewrite: its run, evaluation and artifacts, the index, logs."""
+    parts = Path(relative).parts
+    if parts[0] in ("logs", "benchmarks"):
+        return True
+    if parts[:3] in (("tiny", "runs", EDITED), ("tiny", "eval", EDITED)) or parts[:2] == ("tiny", "superseded"):
+        return True
+    if parts[:2] == ("tiny", "runs") and parts[2].startswith(f".{EDITED}.lock"):
+        return True
+    if parts[1] in ("figures", "tables", "notebooks") and Path(parts[-1]).stem in affected | {"index"}:
+        return True
+    return relative == "tiny/index.html"
+
+
+FAULT_KINDS = {  # job kind -> its process's command line
+    "train": " -m fipo train ",
+    "convert": " -m fipo convert ",
+    "lengths": " -m fipo lengths ",
+    "evaluate": " -m fipo eval ",
+    "notebook": " -m papermill ",
+    "index": "notebooks/index.ipynb",
+}
+
+
+@pytest.mark.slow
+def test_an_edited_spec_reruns_only_its_run_and_survives_kill_9_of_every_kind_of_job(smoke, tmp_path, ray_dir):
+    """Edit one experiment's spec (the overlong buffer of fipo-maxlen-25k: 12 -> 10 tokens) after a finished
+    pipeline: only that run retrains,
+    from scratch (the old run moved aside, never resumed into), and only its evaluation and the artifacts that
+    show it are redone. On the way, kill -9 Snakemake's whole process group once in each kind of job and rerun
+    the same command: everything completes, nothing complete is recomputed, no half-written file is kept, no
+    process is left behind."""
+    results = smoke["results"]
+    run, evaluation = results / "tiny" / "runs" / EDITED, results / "tiny" / "eval" / EDITED / "tiny-test"
+    affected = {a.id for a in catalog.artifacts_for("tiny") if EDITED in a.experiments}
+    config = tmp_path / "config"
+    shutil.copytree(ROOT / "config", config)
+    preset = config / "presets" / "tiny.yaml"
+    text = preset.read_text()
+    assert text.count("reward: {overlong_buffer_len: 12}") == 1
+    preset.write_text(text.replace("reward: {overlong_buffer_len: 12}", "reward: {overlong_buffer_len: 10}"))
+    env = {**smoke["env"], "FIPO_CONFIG_DIR": str(config)}
+
+    # the plan: the edited run and exactly what depends on it
+    out = subprocess.run([*smoke["cmd"], "-n"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    needs_lengths = any("lengths" in catalog.ARTIFACTS[a].needs for a in affected)
+    expected = Counter({"train": 1, "convert": 1, "evaluate": 1, "index": 1, "all": 1,
+                        "figure": sum(catalog.ARTIFACTS[a].kind == "figure" for a in affected),
+                        "table": sum(catalog.ARTIFACTS[a].kind == "table" for a in affected)})
+    assert needs_lengths
+    expected["lengths"] = 1
+    assert job_counts(out.stdout) == expected, out.stdout[-4000:]
+    train_block = next(b for b in out.stdout.split("\n\n") if "rule train:" in b)
+    assert f"runs/{EDITED}/run.json" in train_block and "params" in train_block.lower(), train_block
+
+    old_fingerprint = json.loads((run / "provenance.json").read_text())["fingerprint"]
+    old_model = json.loads((evaluation / "settings.json").read_text())["model_sha256"]
+    before = files_with_mtimes(results)
+
+    def ready(kind: str) -> bool:
+        if kind == "train":  # mid-training: the new run has checkpointed its first step
+            marker = run / "checkpoints" / "latest_checkpointed_iteration.txt"
+            provenance = run / "provenance.json"
+            return (marker.is_file() and marker.read_text().strip() == "1" and provenance.is_file()
+                    and json.loads(provenance.read_text())["fingerprint"] != old_fingerprint)
+        if kind == "evaluate":  # mid-sampling of the new model: some problems written, not all
+            settings, samples = evaluation / "settings.json", evaluation / "samples.jsonl"
+            return (settings.is_file() and json.loads(settings.read_text())["model_sha256"] != old_model
+                    and samples.is_file() and len(samples.read_text().splitlines()) >= 4)
+        return True
+
+    killed, logs = [], []
+    for attempt in range(len(FAULT_KINDS) + 2):
+        log = open(tmp_path / f"attempt-{attempt}.log", "w")
+        process = subprocess.Popen(smoke["cmd"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        victim = None
+        while victim is None and process.poll() is None:
+            try:
+                lines = [" ".join(p.cmdline()) + " " for p in psutil.Process(process.pid).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                lines = []
+            for kind, marker in FAULT_KINDS.items():
+                if kind not in killed and any(marker in line and (kind != "notebook" or "index.ipynb" not in line)
+                                              for line in lines) and ready(kind):
+                    victim = kind
+                    break
+            time.sleep(0.02)
+        if victim is None:
+            break
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        killed.append(victim)
+        deadline = time.monotonic() + 60  # the verl tree goes with its wrapper (parent-death signal, Ray fate-sharing)
+        while verl_processes(str(ray_dir)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert verl_processes(str(ray_dir)) == [], f"left behind after kill -9 during {victim}"
+    log.close()
+    final = (tmp_path / f"attempt-{attempt}.log").read_text()
+    assert process.returncode == 0, final[-5000:]
+    assert sorted(killed) == sorted(FAULT_KINDS), f"killed during {killed} only"
+
+    # the old run was moved aside, kept and named; the new one started from scratch and was resumed only once
+    (moved,) = (results / "tiny" / "superseded").glob(f"{EDITED}-*")
+    assert moved.name.endswith(old_fingerprint[:12]) and (moved / "checkpoints").is_dir()
+    provenance = json.loads((run / "provenance.json").read_text())
+    record = json.loads((run / "run.json").read_text())
+    assert provenance["fingerprint"] != old_fingerprint == json.loads((moved / "provenance.json").read_text())["fingerprint"]
+    assert record["fingerprint"] == provenance["fingerprint"] and record["last_step"] == 2
+    assert len(list(run.glob("metrics.attempt-*.jsonl"))) == 2  # the killed attempt and its resume
+    # the evaluation is of the new checkpoint (its content, not its path), resumed after the kill
+    from fipo.provenance import folder_digest
+
+    settings = json.loads((evaluation / "settings.json").read_text())
+    assert settings["model_sha256"] == folder_digest(run / "hf" / "selected") != old_model
+    assert list((evaluation / "superseded").iterdir())  # the old model's samples, kept
+    eval_log = (results / "logs" / "tiny" / "eval" / f"{EDITED}-tiny-test.log").read_text()
+    assert re.search(r"64 problems, ([1-9]\d*) already done", eval_log), eval_log[-2000:]
+    # nothing complete was recomputed; nothing half-written kept
+    after = files_with_mtimes(results)
+    changed = {f for f in before if before[f] != after.get(f)}
+    assert not {f for f in changed if not may_change(f, affected)}
+    assert not [f for f in after if f.endswith(".tmp") or any(".tmp" in part for part in Path(f).parts)]
+    for artifact in affected | {"index"}:
+        executed = json.loads((results / "tiny" / "notebooks" / f"{artifact}.ipynb").read_text())
+        assert not [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    rerun = subprocess.run([*smoke["cmd"], "-n"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert "Nothing to be done" in rerun.stdout + rerun.stderr, rerun.stdout[-3000:]

@@ -51,10 +51,10 @@ def test_killed_run_resumes_to_the_end_with_every_step_logged_once(tiny_world):
     run_dir = tiny_world["results"] / "tiny" / "runs" / "fipo-tau8"
     marker = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
     first = fipo_train(tiny_world, "fipo-tau8", *overrides)
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 1800  # a guard against a hang, not a speed requirement
     while not (marker.exists() and marker.read_text().strip() == "2"):
         assert first.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        assert time.monotonic() < deadline, "no checkpoint within 30 minutes: hung?"
         time.sleep(0.5)
     # one trainer per run folder: a second one (another working directory) is refused, naming the holder
     second = fipo_train(tiny_world, "fipo-tau8", *overrides, cwd="/")

@@ -19,7 +19,7 @@ rule figure:
     params:
         cmd=papermill,
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "{params.cmd} > {log:q} 2>&1"
 
 
 rule table:
@@ -39,7 +39,7 @@ rule table:
     params:
         cmd=papermill,
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "{params.cmd} > {log:q} 2>&1"
 
 
 rule index:
@@ -54,11 +54,11 @@ rule index:
     log:
         f"{RESULTS}/logs/{PRESET}/notebooks/index.log",
     params:
-        cmd=lambda wildcards, output: " ".join([PYTHON, "-m", "papermill", "--kernel", "python3", "--log-output",
-            "notebooks/index.ipynb", output.notebook, "-p", "preset", PRESET, "-p", "results_dir", RESULTS,
-            "-p", "out", output.html]),
+        cmd=lambda wildcards, output: shell_line(PYTHON, "-m", "papermill", "--kernel", "python3", "--log-output",
+            "notebooks/index.ipynb", output.notebook, "-r", "preset", PRESET, "-r", "results_dir", RESULTS,
+            "-r", "out", output.html),
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "{params.cmd} > {log:q} 2>&1"
 
 
 rule figures:
@@ -80,7 +80,7 @@ for _artifact in ARTIFACTS:
             artifact_files(_artifact.id),
 
 
-for _family, _members in ablations(PRESET).items():
+for _family, _members in ABLATIONS.items():
 
     rule:
         # the family's runs and evaluations, and every artifact that compares only runs of the family

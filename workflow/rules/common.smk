@@ -1,34 +1,86 @@
 # Helpers shared by the rule files (config validation, the experiment spec, the file names of every step).
 # Everything about a run comes from the spec (fipo.experiment) and every figure's needs from fipo.analysis.catalog,
 # so the DAG and the notebooks cannot disagree.
+import fcntl
+import os
+import re
 import shlex
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
 from fipo import data as fipo_data
 from fipo.analysis import catalog
 from fipo.experiment import SpecError, ablations, evaluation, list_experiments, list_presets, load_all
+from fipo.provenance import project_version
+from fipo.run_folder import spec_fingerprint
 
-validate(config, schema="../schemas/config.schema.yaml")
+SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
+
+
+def typed_cli_values(value, schema):
+    """`--config 'train={timeout_s: 600}'` reaches us as {'timeout_s': '600'} (Snakemake reads --config values
+    with YAML's BaseLoader, all strings): read such strings as YAML where the schema expects no string."""
+    if isinstance(value, dict) and "properties" in schema:
+        return {k: typed_cli_values(v, schema["properties"].get(k, {})) for k, v in value.items()}
+    if isinstance(value, list) and "items" in schema:
+        return [typed_cli_values(v, schema["items"]) for v in value]
+    types = schema.get("type", [])
+    if isinstance(value, str) and types and "string" not in (types if isinstance(types, list) else [types]):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value  # the schema's message names the key
+    return value
+
+
+def release_stale_locks(state_dir=Path(".snakemake")):
+    """A Snakemake killed with SIGKILL (or by a power loss) leaves its locks behind, and the next run refuses to
+    start until `snakemake --unlock`. Every Snakemake of this pipeline holds a shared flock on one file for its
+    lifetime (the kernel drops it however the process dies): one that gets it exclusively is the only one alive
+    here, so any lock left in .snakemake/locks is stale and is removed, as --unlock would."""
+    global PIPELINE_ALIVE_FD
+    state_dir.mkdir(exist_ok=True)
+    fd = os.open(state_dir / "fipo-pipeline.alive", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        stale = sorted((state_dir / "locks").glob("*.lock"))
+        for path in stale:
+            path.unlink()
+        if stale:
+            print(f"fipo: removed {len(stale)} stale Snakemake lock(s) left by a killed run", file=sys.stderr)
+    except BlockingIOError:
+        pass  # another Snakemake of this pipeline is running: its locks are live
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    PIPELINE_ALIVE_FD = fd  # held (shared) until this process ends
+
+
+release_stale_locks()
+config.update(typed_cli_values(dict(config), yaml.safe_load(SCHEMA.read_text())))
+validate(config, schema=str(SCHEMA))
 
 PRESET = config["preset"]
-RESULTS = config["results_dir"]
-DATA = config["data_dir"]
-PYTHON = shlex.quote(sys.executable)  # the interpreter snakemake runs in: the project's environment
+# Normalised (`results/`, `./results` and `results` are one folder), so that every rule's output and every
+# target the user names match; any character is allowed, every shell use is quoted.
+RESULTS = os.path.normpath(config["results_dir"])
+DATA = os.path.normpath(config["data_dir"])
+PYTHON = sys.executable  # the interpreter snakemake runs in: the project's environment
+VERSION = project_version()
 
 
 def _fail(message):
     raise WorkflowError(f"config error: {message}")
 
 
-if PRESET not in list_presets():
-    _fail(f"preset: unknown preset {PRESET!r}; allowed: {', '.join(list_presets())}")
 try:
+    if PRESET not in list_presets():
+        _fail(f"preset: unknown preset {PRESET!r}; allowed: {', '.join(list_presets())}")
     # Validates every experiment of the preset (types, ranges such as fipo.tau > 0) before any job starts.
     SPECS = {exp.name: exp for exp in load_all(PRESET)}
     EVAL = evaluation(PRESET)
+    ABLATIONS = ablations(PRESET)
 except SpecError as err:
     _fail(str(err))
 unknown = [e for e in config.get("experiments") or [] if e not in SPECS]
@@ -39,8 +91,20 @@ ARTIFACTS = [a for a in catalog.artifacts_for(PRESET) if set(a.experiments) <= s
 FIGURES = [a.id for a in ARTIFACTS if a.kind == "figure"]
 TABLES = [a.id for a in ARTIFACTS if a.kind == "table"]
 TRAIN = config.get("train") or {}
+TRAIN_OVERRIDES = list(TRAIN.get("overrides") or [])
 EVAL_N = (config.get("eval") or {}).get("n") or EVAL.n
 
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (escaped: a name is text, not a pattern)."""
+    return "|".join(re.escape(name) for name in names)
+
+
+def run_fingerprint(wildcards):
+    """What the spec says about a run (fipo.run_folder.spec_fingerprint): a train job whose spec changed reruns
+    (Snakemake's params trigger), and `fipo train` moves the old run aside instead of resuming it."""
+    return spec_fingerprint(SPECS[wildcards.experiment], TRAIN_OVERRIDES, VERSION)
 
 
 # ------------------------------------------------------------------------------------ file names
@@ -106,8 +170,13 @@ def gpu_resources(spec):
             "gpu": spec.trainer.n_gpus_per_node, "nodes": spec.trainer.nnodes, "cpus_per_task": 32}
 
 
+def shell_line(*parts):
+    """One shell command line, every part quoted: no text from a config file or a name reaches a shell bare."""
+    return " ".join(shlex.quote(str(part)) for part in parts)
+
+
 def cli(*parts):
-    return " ".join([PYTHON, "-m", "fipo", *parts])
+    return shell_line(PYTHON, "-m", "fipo", *parts)
 
 
 # ------------------------------------------------------------------------------------ command lines
@@ -119,9 +188,9 @@ def train_params(wildcards):
         parts += ["--timeout", str(TRAIN["timeout_s"])]
     if TRAIN.get("ray_address"):
         parts += ["--ray-address", TRAIN["ray_address"]]
-    for override in TRAIN.get("overrides") or []:
+    for override in TRAIN_OVERRIDES:
         parts += ["--override", override]
-    return cli("train", *map(shlex.quote, parts))
+    return cli("train", *parts)
 
 
 
@@ -130,7 +199,7 @@ def eval_params(wildcards, input, output):
         "eval", "--model", input[0], "--benchmark", wildcards.benchmark, "--backend", EVAL.backend,
         "--scorer", EVAL.scorer, "--n", str(EVAL_N), "--temperature", str(EVAL.temperature), "--top-p", str(EVAL.top_p),
         "--max-tokens", str(EVAL.max_tokens), "--tensor-parallel-size", str(EVAL.tensor_parallel_size),
-        "--data-dir", DATA, "--out", str(Path(output[0]).parent),
+        "--data-dir", DATA, "--out", str(Path(output[0]).parent), "--on-change", "restart",
     )
 
 
@@ -138,5 +207,5 @@ def eval_params(wildcards, input, output):
 def papermill(wildcards, input, output):
     notebook = str(catalog.notebook_path(wildcards.artifact))
     out_dir = str(Path(output[0]).parent)
-    return " ".join([PYTHON, "-m", "papermill", "--kernel", "python3", "--log-output", notebook, output[-1],
-                     "-p", "preset", PRESET, "-p", "results_dir", RESULTS, "-p", "out_dir", out_dir])
+    return shell_line(PYTHON, "-m", "papermill", "--kernel", "python3", "--log-output", notebook, output[-1],
+                      "-r", "preset", PRESET, "-r", "results_dir", RESULTS, "-r", "out_dir", out_dir)

@@ -11,7 +11,7 @@ rule tiny_data:
     params:
         cmd=cli("data", "tiny", "--data-dir", DATA),
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "{params.cmd} > {log:q} 2>&1"
 
 
 rule aime_data:
@@ -27,7 +27,7 @@ rule aime_data:
     params:
         cmd=cli("data", "aime", "--data-dir", DATA),
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "{params.cmd} > {log:q} 2>&1"
 
 
 rule dapo_data:
@@ -38,10 +38,9 @@ rule dapo_data:
     log:
         f"{RESULTS}/logs/data/dapo-math-17k.log",
     params:
-        cmd=cli("data", "dapo", "--data-dir", DATA)
-        + (f" --source {shlex.quote(config['dapo_source'])}" if config.get("dapo_source") else ""),
+        cmd=cli("data", "dapo", "--data-dir", DATA, *(["--source", config["dapo_source"]] if config.get("dapo_source") else [])),
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "{params.cmd} > {log:q} 2>&1"
 
 
 rule tiny_model:
@@ -58,4 +57,4 @@ rule tiny_model:
     params:
         cmd=cli("tiny-model", "--results-dir", RESULTS),
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "{params.cmd} > {log:q} 2>&1"

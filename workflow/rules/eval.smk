@@ -22,4 +22,4 @@ rule evaluate:
     params:
         cmd=eval_params,
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "{params.cmd} > {log:q} 2>&1"

@@ -24,8 +24,10 @@ rule train:
         nodes=lambda wildcards: gpu_resources(SPECS[wildcards.experiment])["nodes"],
     params:
         cmd=train_params,
+        # not used by the command: a changed spec changes it, and Snakemake reruns a job whose params changed
+        fingerprint=run_fingerprint,
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "{params.cmd} > {log:q} 2>&1"
 
 
 rule lengths:
@@ -42,7 +44,7 @@ rule lengths:
         cmd=lambda wildcards, output: cli("lengths", "--preset", PRESET, "--experiment", wildcards.experiment,
                                           "--results-dir", RESULTS, "--out", output[0]),
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "{params.cmd} > {log:q} 2>&1"
 
 
 rule convert:
@@ -59,4 +61,4 @@ rule convert:
         cmd=lambda wildcards, output: cli("convert", "--preset", PRESET, "--experiment", wildcards.experiment,
                                           "--which", EVAL.checkpoint, "--results-dir", RESULTS, "--out", output[0]),
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "{params.cmd} > {log:q} 2>&1"
