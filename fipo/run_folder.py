@@ -250,8 +250,8 @@ def spec_fingerprint(exp, extra_overrides: list[str], version: str) -> str:
     """Everything the spec says about a run (the resolved experiment, the user's extra overrides, the project
     version), without reading its inputs: cheap enough for the pipeline's DAG, whose train jobs rerun when it
     changes (Snakemake's params trigger; changed inputs it sees by itself)."""
-    return digest_of({"experiment": dataclasses.asdict(exp), "overrides": list(extra_overrides),
-                      "project_version": version})
+    spec = {k: v for k, v in dataclasses.asdict(exp).items() if k != "description"}  # prose computes nothing
+    return digest_of({"experiment": spec, "overrides": list(extra_overrides), "project_version": version})
 
 
 def run_provenance(exp, portable_overrides: list[str], extra_overrides: list[str], data_files: dict[str, Path],

@@ -194,3 +194,18 @@ def test_the_trainer_child_dies_when_its_wrapper_is_killed(tmp_path):
     process.wait(timeout=30)
     child.wait(timeout=30)  # raises psutil.TimeoutExpired if the child outlived its wrapper
     assert not psutil.pid_exists(child.pid) or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_spec_fingerprint_follows_every_setting_but_not_prose():
+    import dataclasses
+
+    from fipo.experiment import load_experiment
+    from fipo.run_folder import spec_fingerprint
+
+    exp = load_experiment("tiny", "fipo")
+    base = spec_fingerprint(exp, [], "1")
+    assert spec_fingerprint(exp, [], "1") == base
+    assert spec_fingerprint(dataclasses.replace(exp, description="reworded"), [], "1") == base
+    assert spec_fingerprint(dataclasses.replace(exp, fipo=dataclasses.replace(exp.fipo, tau=2.0)), [], "1") != base
+    assert spec_fingerprint(exp, ["trainer.total_training_steps=2"], "1") != base
+    assert spec_fingerprint(exp, [], "2") != base  # another project version
