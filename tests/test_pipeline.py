@@ -233,7 +233,10 @@ def smoke(tmp_path_factory, ray_dir):
     env = {**os.environ, "RAY_TMPDIR": str(ray_dir)}
     cmd = [sys.executable, "-m", "snakemake", "--cores", "all", "--configfile", "config/smoke.yaml", str(paths)]
     log = open(root / "first.log", "w")
-    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # SIGINT as the terminal sends it: with its default action, whatever the test runner inherited (a shell's
+    # background job starts with SIGINT ignored, and an ignored SIGINT stays ignored across exec).
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     runs = results / "tiny" / "runs"
     deadline, victim = time.monotonic() + 1800, None  # a guard against a hang, not a speed requirement
     while victim is None:
