@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -110,6 +111,9 @@ class RunFolder:
                     f"run folder {self.run_dir} is in use by {holder}; wait for it to finish or stop it "
                     f"(lock: {self.lock_path})"
                 ) from None
+            except OSError as err:  # a file system without flock (some Lustre/NFS mounts): say so, go on
+                print(f"[fipo] warning: cannot lock {self.lock_path} ({err.strerror}): this file system does not "
+                      f"support flock, so a second trainer on {self.run_dir} would not be refused", file=sys.stderr)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{what} (pid {os.getpid()} on {socket.gethostname()}, since "
                           f"{time.strftime('%Y-%m-%d %H:%M:%S')}, working directory {os.getcwd()})\n".encode(), 0)

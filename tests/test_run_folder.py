@@ -209,3 +209,17 @@ def test_the_spec_fingerprint_follows_every_setting_but_not_prose():
     assert spec_fingerprint(dataclasses.replace(exp, fipo=dataclasses.replace(exp.fipo, tau=2.0)), [], "1") != base
     assert spec_fingerprint(exp, ["trainer.total_training_steps=2"], "1") != base
     assert spec_fingerprint(exp, [], "2") != base  # another project version
+
+
+def test_a_file_system_without_flock_warns_and_goes_on(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    run = RunFolder(tmp_path / "runs" / "fipo")
+    with run.lock("trainer one"):
+        pass
+    assert "does not support flock" in capsys.readouterr().err

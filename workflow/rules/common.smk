@@ -53,6 +53,9 @@ def release_stale_locks(state_dir=Path(".snakemake")):
             print(f"fipo: removed {len(stale)} stale Snakemake lock(s) left by a killed run", file=sys.stderr)
     except BlockingIOError:
         pass  # another Snakemake of this pipeline is running: its locks are live
+    except OSError:  # a file system without flock: leave the locks to `snakemake --unlock`, as without us
+        os.close(fd)
+        return
     fcntl.flock(fd, fcntl.LOCK_SH)
     PIPELINE_ALIVE_FD = fd  # held (shared) until this process ends
 
