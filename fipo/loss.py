@@ -90,8 +90,9 @@ class FIPOParams:
         return 1.0 - self.f_clip_low, 1.0 + self.f_clip_high
 
 
-# Metric names line up with verl's (actor/pg_clipfrac, actor/ppo_kl, actor/pg_clipfrac_lower) and with the
-# official FIPO code (actor/influence_weights_*, actor/IW_*_clip_ratio).
+# Metric names line up with verl's (actor/pg_clipfrac, actor/ppo_kl, actor/pg_clipfrac_lower). The FIPO ones
+# borrow the official code's names, but its actor/IW_*_clip_ratio count the final f at the bounds and its raw
+# weights are named differently: REPRODUCTION_NOTES.md, "The official code's metrics and knobs".
 METRIC_NAMES = (
     "actor/pg_clipfrac",  # policy (PPO) clip fraction
     "actor/ppo_kl",  # policy KL: mean of old_logp - logp
