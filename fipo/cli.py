@@ -21,7 +21,8 @@ from fipo import training
 from fipo.analysis.errors import AnalysisError
 from fipo.provenance import folder_digest, project_version, short
 from fipo.run_folder import RunFolderBusy, run_folder, run_provenance
-from fipo.verl_command import command_line, model_path, portable_overrides, verl_environment, verl_overrides
+from fipo.verl_command import (absolute_path, command_line, model_path, portable_overrides, verl_environment,
+                               verl_overrides)
 
 DEFAULT_RESULTS = Path("results")
 
@@ -41,7 +42,7 @@ def cmd_presets(args) -> int:
 def cmd_train(args) -> int:
     exp = load_experiment(args.preset, args.experiment)
     # Absolute paths: Ray workers do not share the launching shell's working directory.
-    results_dir, data_dir = _absolute(args.results_dir), _absolute(args.data_dir)
+    results_dir, data_dir = absolute_path(args.results_dir), absolute_path(args.data_dir)
     run = run_folder(results_dir, args.preset, args.experiment)
     extra = args.override or []
     overrides = verl_overrides(exp, data_dir=data_dir, run=run, results_dir=results_dir,
@@ -51,11 +52,11 @@ def cmd_train(args) -> int:
         env = verl_environment(run, exp)
         print("# environment: " + " ".join(f"{k}={v}" for k, v in env.items()), file=sys.stderr)
         return 0
-    data_mod.require_datasets([exp.data.train, *exp.data.val], data_dir)
+    datasets = [exp.data.train, *exp.data.val]
+    data_mod.require_datasets(datasets, data_dir)
     require_model(exp, results_dir)
     provenance = run_provenance(
-        exp, portable_overrides(exp, extra), extra,
-        {name: data_mod.dataset_path(name, data_dir) for name in [exp.data.train, *exp.data.val]},
+        exp, portable_overrides(exp, extra), extra, {name: data_mod.dataset_path(name, data_dir) for name in datasets},
         model_identity(exp, results_dir), project_version(),
     )
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -68,10 +69,6 @@ def cmd_train(args) -> int:
         if code == 0 and args.record:
             run.write_record(args.record, provenance, command_line(overrides), wall_s=time.time() - start)
     return code
-
-
-def _absolute(path: Path) -> Path:
-    return Path(os.path.abspath(path))
 
 
 def model_identity(exp, results_dir: Path) -> dict:
@@ -132,7 +129,7 @@ def cmd_eval(args) -> int:
 def cmd_convert(args) -> int:
     from fipo.eval.checkpoints import convert, select_step
 
-    run = run_folder(_absolute(args.results_dir), args.preset, args.experiment)
+    run = run_folder(absolute_path(args.results_dir), args.preset, args.experiment)
     metric = args.metric
     if args.which == "best" and not args.step and not metric:  # the run's validation Avg@N (AIME24 if there)
         from fipo.analysis.runs import load_metrics, validation_metric

@@ -6,7 +6,7 @@ and token dumps, ``provenance.json`` (what the run is: its fingerprint) and, onc
 - **Lock.** One trainer per run folder, across processes and working directories: ``runs/.<experiment>.lock``
   (beside the folder, so that it survives moving the folder aside) is held with ``flock`` for as long as the
   trainer and verl run; a second trainer is refused with a message naming the holder.
-- **Fingerprint.** A run is keyed on everything that determines it (:func:`run_fingerprint`): the rendered verl
+- **Fingerprint.** A run is keyed on everything that determines it (:func:`run_provenance`): the rendered verl
   overrides with machine paths replaced by placeholders, the data files' and a local model's content, the
   project version. A folder holding a run with another fingerprint is never resumed into: it is moved aside
   to ``<results>/<preset>/superseded/<experiment>-<time>-<fingerprint>/`` and the run starts fresh.

@@ -58,10 +58,10 @@ def hydra_quote(text: str) -> str:
 
 def model_path(exp: Experiment, results_dir: Path) -> str:
     """The model path with ``${results_dir}`` resolved (the tiny preset's model is made by the pipeline)."""
-    return exp.model.path.replace("${results_dir}", str(_absolute(results_dir)))
+    return exp.model.path.replace("${results_dir}", str(absolute_path(results_dir)))
 
 
-def _absolute(path) -> Path:
+def absolute_path(path) -> Path:
     """An absolute path without resolving symlinks or placeholders (Ray workers do not share our cwd)."""
     return Path(os.path.abspath(path))
 
