@@ -25,6 +25,7 @@ import torch
 from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss
 from verl.workers.config import PolicyLossConfig
 
+from fipo.integrations import verl_micro_batch
 from fipo.loss import FIPOParams, fipo_policy_loss
 from fipo.token_dump import TokenDumper
 
@@ -141,9 +142,13 @@ def compute_policy_loss_fipo(
     loss = agg_loss(
         loss_mat=out.loss_mat, loss_mask=out.loss_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
     )
+    rescale = out.drop_rule_rescale(loss_agg_mode)
+    if rescale != 1.0:
+        loss = loss * rescale
     dumper = _dumper(config.policy_loss)
     if dumper is not None:
         dumper.maybe_dump(
+            context=lambda: verl_micro_batch.find(*log_prob.shape, start_depth=3),
             log_ratio=(log_prob - old_log_prob).detach(),
             future_kl=out.future_kl,
             influence_weights=out.influence_weights,

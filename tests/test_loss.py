@@ -205,11 +205,11 @@ def test_metrics_against_direct_float64_computation():
         "actor/influence_weights_mean": f[on].mean(),
         "actor/influence_weights_min": f[on].min(),
         "actor/influence_weights_max": f[on].max(),
-        "actor/influence_weights_raw_mean": raw[on].mean(),
-        "actor/influence_weights_raw_min": raw[on].min(),
-        "actor/influence_weights_raw_max": raw[on].max(),
-        "actor/IW_upper_clip_ratio": (raw[on] > 1.2).double().mean(),
-        "actor/IW_lower_clip_ratio": (raw[on] < 0.8).double().mean(),
+        "actor/influence_weights_mean_raw": raw[on].mean(),
+        "actor/raw_influence_weights_min": raw[on].min(),
+        "actor/raw_influence_weights_max": raw[on].max(),
+        "actor/fipo_raw_weight_above_frac": (raw[on] > 1.2).double().mean(),
+        "actor/fipo_raw_weight_below_frac": (raw[on] < 0.8).double().mean(),
         "actor/future_kl_mean": fkl[on].mean(),
         "actor/fipo_filtered_frac": (ratio[on] > 3.0).double().mean(),
         "actor/fipo_safety_frac": ((adv < 0) & (ratio > 2.5))[on].double().mean(),
@@ -218,6 +218,11 @@ def test_metrics_against_direct_float64_computation():
         assert out.metrics[key] == pytest.approx(value.item(), rel=1e-4, abs=1e-6), key
     assert out.metrics["actor/IW_overall_clip_ratio"] == pytest.approx(
         out.metrics["actor/IW_upper_clip_ratio"] + out.metrics["actor/IW_lower_clip_ratio"]
+    )
+    # the official clip ratios count the final f at the bounds (tests/test_official_parity.py): at least the
+    # tokens whose raw weight lies beyond a bound and that the safety rule left alone
+    assert out.metrics["actor/IW_upper_clip_ratio"] >= (
+        ((raw > 1.2) & ~((adv < 0) & (ratio > 2.5)))[on].double().mean().item() - 1e-6
     )
     assert set(out.metrics) == set(METRIC_NAMES)
     assert all(isinstance(v, float) for v in out.metrics.values())
@@ -244,7 +249,8 @@ def test_runaway_future_kl_without_filter_saturates_instead_of_nan():
     out = fipo_policy_loss(old, log_prob, adv, mask, FIPOParams(filter_ratio=False, tau=1e6))
     assert torch.isfinite(out.loss_mat).all()
     assert out.influence_weights.max().item() == pytest.approx(1.2)
-    assert out.metrics["actor/influence_weights_raw_max"] == pytest.approx(torch.finfo(torch.float32).max)
+    assert out.metrics["actor/raw_influence_weights_max"] == pytest.approx(torch.finfo(torch.float32).max)
+    assert out.metrics["actor/fipo_raw_weight_above_frac"] == pytest.approx(1.0)
     assert out.metrics["actor/IW_upper_clip_ratio"] == pytest.approx(1.0)
 
 
