@@ -1,9 +1,10 @@
 """Bounded per-token dumps of FIPO's internals (Δlogp, Future-KL, influence weight f, advantage), for the
 per-token influence notebook. Off by default.
 
-A verl policy loss receives padded (batch, response_length) tensors only: no token ids and no global step.
-So each record carries the worker's loss-call counter and the per-token values of a few responses; every
-worker process writes its own file (``<stem>.rank<RANK>.jsonl``) so that concurrent writers never interleave.
+Each record holds the worker's loss-call counter, the global step and, for a few responses, their token ids, prompt
+group (uid) and per-token values. A verl policy loss is given neither ids nor step: they come from the actor's
+micro-batch (:mod:`fipo.integrations.verl_micro_batch`), null where it could not be read. Every worker process
+writes its own file (``<stem>.rank<RANK>.jsonl``) so that concurrent writers never interleave.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
@@ -26,12 +28,13 @@ class TokenDumper:
         self.every, self.responses, self.max_tokens, self.max_bytes = every, responses, max_tokens, max_bytes
         self.calls = 0
 
-    def maybe_dump(self, **tensors: torch.Tensor) -> bool:
-        """Write one record on every ``every``-th call while the file is under its size bound."""
+    def maybe_dump(self, context: Optional[Callable[[], object]] = None, **tensors: torch.Tensor) -> bool:
+        """Write one record on every ``every``-th call while the file is under its size bound. ``context``
+        (called on dump calls only) returns the micro-batch view with token ids, steps and uids, or None."""
         self.calls += 1
         if self.calls % self.every:
             return False
-        record = self._record(**tensors)
+        record = self._record(context() if context is not None else None, **tensors)
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         size = self.path.stat().st_size if self.path.exists() else 0
         if size + len(line) > self.max_bytes:
@@ -41,7 +44,7 @@ class TokenDumper:
             f.write(line)  # one write per record: a crash leaves whole lines only (or a last partial one)
         return True
 
-    def _record(self, *, log_ratio, future_kl, influence_weights, advantages, mask) -> dict:
+    def _record(self, view, *, log_ratio, future_kl, influence_weights, advantages, mask) -> dict:
         mask = mask.to(torch.bool)
         rows = torch.nonzero(mask.any(dim=-1)).flatten()[: self.responses].tolist()
         responses = []
@@ -55,11 +58,16 @@ class TokenDumper:
             responses.append(
                 {
                     "row": row,
+                    "uid": view.uids[row] if view else None,
+                    "global_step": view.global_steps[row] if view else None,
                     "length": int(keep.sum()),
+                    "token_ids": [int(t) for t in view.responses[row][keep][:n]] if view else None,
                     "log_ratio": values(log_ratio),
                     "future_kl": values(future_kl),
                     "influence_weight": values(influence_weights),
                     "advantage": values(advantages),
                 }
             )
-        return {"call": self.calls, "time": time.time(), "pid": os.getpid(), "responses": responses}
+        steps = {r["global_step"] for r in responses} - {None}
+        step = steps.pop() if len(steps) == 1 else None
+        return {"call": self.calls, "global_step": step, "time": time.time(), "pid": os.getpid(), "responses": responses}

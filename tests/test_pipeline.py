@@ -28,7 +28,8 @@ TRAINING_METRICS = [
     "actor/pg_clipfrac_lower", "timing_s/step",
 ]
 FIPO_METRICS = ["actor/influence_weights_mean", "actor/influence_weights_min", "actor/influence_weights_max",
-                "actor/IW_overall_clip_ratio", "actor/future_kl_mean"]
+                "actor/IW_overall_clip_ratio", "actor/future_kl_mean", "actor/influence_weights_mean_raw",
+                "actor/neg_is_max", "actor/pos_is_median", "actor/neg_ratio_2_3", "actor/pos_mini_frac"]
 
 
 def snakemake(*args, results=None, config=(), env=None, timeout=120, **popen):
@@ -306,6 +307,26 @@ def test_smoke_runs_log_what_the_figures_need(smoke):
             assert not missing, (experiment, step, missing)
         assert "val-core/math_dapo/acc/mean@2" in steps[0] and "val-core/math_dapo/acc/mean@2" in steps[2]
         assert sorted(int(p.stem) for p in (run / "rollouts").glob("*.jsonl")) == [1, 2]
+
+
+@pytest.mark.slow
+def test_token_dumps_hold_the_ids_and_step_of_responses_the_rollout_dumps_show(smoke):
+    """The ids read from the actor's micro-batch decode to a response verl generated at that step, in the
+    prompt group (uid) the dump names."""
+    from transformers import AutoTokenizer
+
+    from fipo.analysis import tokens
+
+    run = smoke["results"] / "tiny" / "runs" / "fipo"
+    frame = tokens.load_token_dumps(run)
+    assert frame.attrs["progress_unit"] == "global step" and set(frame["global_step"]) <= {1, 2}
+    tokenizer = AutoTokenizer.from_pretrained(tokens.tokenizer_source(run, smoke["results"]))
+    for _, dumped in frame.iterrows():
+        assert dumped["token_ids"] is not None and len(dumped["token_ids"]) == dumped["length"]
+        text = tokenizer.decode(dumped["token_ids"], skip_special_tokens=True)
+        rollouts = [json.loads(line) for line in (run / "rollouts" / f"{int(dumped['global_step'])}.jsonl").open()]
+        same_group = [r["output"] for r in rollouts if r["uid"].startswith(dumped["uid"] + "_")]
+        assert text in same_group, (text, same_group[:3])
 
 
 @pytest.mark.slow
