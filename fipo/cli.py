@@ -13,6 +13,7 @@ from pathlib import Path
 from fipo import data as data_mod
 from fipo.eval import BENCHMARKS
 from fipo.eval.checkpoints import SELECTIONS
+from fipo.eval.metrics import DEFAULT_UNANSWERED, UNANSWERED_RULES
 from fipo.eval.runner import ON_CHANGE
 from fipo.eval.sampling import BACKENDS
 from fipo.eval.scoring import SCORERS
@@ -119,10 +120,10 @@ def cmd_eval(args) -> int:
     out = args.out or Path(args.results_dir) / "eval" / Path(args.model).name / args.benchmark
     summary = evaluate(args.model, args.benchmark, out, settings, backend=args.backend, scorer=args.scorer,
                        data_dir=args.data_dir, tensor_parallel_size=args.tensor_parallel_size, on_change=args.on_change,
-                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                       cons_unanswered=args.cons_unanswered, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     n = settings.n
-    print(f"{args.benchmark}: Avg@{n} {summary[f'avg@{n}']:.1f}  Cons@{n} {summary[f'cons@{n}']:.1f}  "
-          f"Pass@{n} {summary[f'pass@{n}']:.1f}  ({out})")
+    passed = f"  Pass@{n} {summary[f'pass@{n}']:.1f}" if f"pass@{n}" in summary else ""  # n = 1: Pass@1 is Avg@1
+    print(f"{args.benchmark}: Avg@{n} {summary[f'avg@{n}']:.1f}  Cons@{n} {summary[f'cons@{n}']:.1f}{passed}  ({out})")
     return 0
 
 
@@ -210,7 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a Hugging Face model folder")
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     p.add_argument("--backend", default="vllm", choices=BACKENDS)
-    p.add_argument("--scorer", default="math_dapo", choices=SCORERS)
+    p.add_argument("--scorer", default="math_dapo", choices=SCORERS,
+                   help="math_dapo: verl 0.9.1's rule (Answer: line, else the last \\boxed{}; our training reward); "
+                        "math_dapo_strict: the Answer: line only (the official recipe's reward); math_verify: "
+                        "Math-Verify's mathematical comparison")
+    p.add_argument("--cons-unanswered", default=DEFAULT_UNANSWERED, choices=UNANSWERED_RULES,
+                   help="Cons@n: samples without an answer vote as one 'no answer' class (vote, the default: verl's "
+                        "maj@N convention) or do not vote (abstain)")
     p.add_argument("--n", type=int, default=32)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.7)

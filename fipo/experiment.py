@@ -30,6 +30,7 @@ from fipo.data import DATASETS
 from fipo.eval import BENCHMARKS
 from fipo.eval.checkpoints import SELECTIONS
 from fipo.eval.sampling import BACKENDS
+from fipo.eval.metrics import UNANSWERED_RULES
 from fipo.eval.scoring import SCORERS
 
 # The spec folder (methods.yaml, presets/); FIPO_CONFIG_DIR points every tool, the pipeline included, elsewhere.
@@ -169,10 +170,12 @@ class EvaluationSpec:
     max_tokens: int = 20480
     backend: str = "vllm"
     tensor_parallel_size: int = 1
-    scorer: str = "math_dapo"
+    scorer: str = "math_dapo"  # fipo.eval.scoring: math_dapo (verl 0.9.1), math_dapo_strict (the official recipe's)
+    cons_unanswered: str = "vote"  # Cons@n: samples without an answer vote as one class (verl's maj@N) or abstain
 
 
-EVAL_CHOICES = {"benchmarks": BENCHMARKS, "checkpoint": SELECTIONS, "backend": BACKENDS, "scorer": SCORERS}
+EVAL_CHOICES = {"benchmarks": BENCHMARKS, "checkpoint": SELECTIONS, "backend": BACKENDS, "scorer": SCORERS,
+                "cons_unanswered": UNANSWERED_RULES}
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,14 @@
 """Tables 2 and 3 of the paper (training settings), generated from the experiment spec: the spec is the
-single source of truth, and tests/test_tables.py checks the result against PAPER.md."""
+single source of truth, and tests/test_tables.py checks the result against PAPER.md. The renderers also write
+the accuracy tables (1, 4-6, via :func:`fipo.analysis.plotting.save_table`), whose footnotes (``notes``) say
+what their numbers are: the scorer, Cons@n's rule and what each interval resamples (problems or samples)."""
 
 from __future__ import annotations
 
 import csv
 import io
 from pathlib import Path
+from typing import Sequence
 
 from fipo.experiment import Experiment, load_experiment
 from fipo.files import write_text_atomic
@@ -72,9 +75,12 @@ def _markdown_row(cells: list[str]) -> str:
     return "| " + " | ".join(str(c).replace("|", r"\|") for c in cells) + " |"
 
 
-def to_markdown(header: list[str], rows: list[list[str]]) -> str:
+def to_markdown(header: list[str], rows: list[list[str]], notes: Sequence[str] = ()) -> str:
+    """A pipe table; each note follows it as a list item (the table's footnotes)."""
     lines = [_markdown_row(header), "|" + "---|" * len(header)]
     lines += [_markdown_row(row) for row in rows]
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -94,12 +100,15 @@ def _latex_escape(text: str) -> str:
     return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-def to_latex(header: list[str], rows: list[list[str]], caption: str = "") -> str:
-    """A booktabs tabular (in a table float when captioned); needs \\usepackage{booktabs}."""
+def to_latex(header: list[str], rows: list[list[str]], caption: str = "", notes: Sequence[str] = ()) -> str:
+    """A booktabs tabular (in a table float when captioned), the notes in small type under it; needs
+    \\usepackage{booktabs}."""
     lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
              " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
     lines += [" & ".join(_latex_escape(c) for c in row) + r" \\" for row in rows]
     lines += [r"\bottomrule", r"\end{tabular}"]
+    if notes:
+        lines += [r"\par\smallskip", r"{\footnotesize " + " \\\\\n".join(_latex_escape(n) for n in notes) + "}"]
     if caption:
         lines = [r"\begin{table}[t]", r"\centering", *lines, r"\caption{" + _latex_escape(caption) + "}", r"\end{table}"]
     return "\n".join(lines) + "\n"

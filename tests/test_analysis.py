@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fipo.analysis import catalog, derived, evals, plotting, rollouts, runs, tokens
-from fipo.analysis.errors import MalformedLogError, MissingMetricError, MissingRunError
+from fipo.analysis.errors import AnalysisError, MalformedLogError, MissingMetricError, MissingRunError
 from fipo.experiment import SpecError, evaluation, list_experiments, load_experiment
 
 
@@ -209,17 +209,95 @@ def test_token_dumps_matrix_and_quantiles(tmp_path):
         tokens.load_token_dumps(tmp_path / "empty")
 
 
+def eval_summary(benchmark="tiny-test", problems=64, n=4, scorer="math_dapo", rule="vote"):
+    """A summary as `fipo eval` writes it: problem i solved by (i mod n) + 1 of its n samples."""
+    from fipo.eval.metrics import ProblemResult, describe_cons, summarize
+
+    results = [ProblemResult(str(i), [k <= i % n for k in range(n)], ["1"] * n, "1") for i in range(problems)]
+    return summarize(results, unanswered=rule) | {"scorer": scorer, "benchmark": benchmark,
+                                                  "cons_rule": describe_cons(rule, scorer)}
+
+
 def test_eval_summary_metric_with_ci(tmp_path):
     folder = evals.eval_dir(tmp_path, "tiny", "fipo", "tiny-test")
     folder.mkdir(parents=True)
-    (folder / "summary.json").write_text(json.dumps({"samples_per_problem": 4, "avg@4": 37.5, "avg@4_ci95": [30.0, 45.0]}))
+    written = eval_summary()
+    (folder / "summary.json").write_text(json.dumps(written))
     summary = evals.load_summary(tmp_path, "tiny", "fipo", "tiny-test")
-    assert evals.metric(summary, "avg") == (37.5, 30.0, 45.0)
-    assert evals.format_with_ci(37.5, 30.0, 45.0) == "37.5 [30.0, 45.0]"
-    with pytest.raises(MissingMetricError, match="cons@4"):
-        evals.metric(summary, "cons", "tiny/fipo")
+    assert evals.metric(summary, "avg") == (written["avg@4"], *written["avg@4_ci95"]) and written["avg@4"] == 62.5
+    low, high = written["avg@4_rerun_ci95"]
+    assert evals.rerun_half_width(summary) == pytest.approx((high - low) / 2)
+    assert evals.format_with_ci(37.5, 30.0, 45.0) == "37.5 [30.0, 45.0]" and evals.format_rerun(1.26) == "±1.3"
+    with pytest.raises(MissingMetricError, match="pass@1"):  # n = 1: Pass@1 is Avg@1, not a second number
+        evals.metric(eval_summary(n=1), "pass", "tiny/fipo")
+    # a summary of an older fipo eval (bootstrap intervals, no answer classes) is refused, with the remedy
+    old = {"samples_per_problem": 4, "avg@4": 37.5, "avg@4_ci95": [30.0, 45.0]}
+    with pytest.raises(MissingMetricError, match="older `fipo eval`.*keeps the samples"):
+        evals.metric(old, "avg", "tiny/fipo")
     with pytest.raises(MissingRunError, match="evaluate it on aime2024"):
         evals.load_summary(tmp_path, "tiny", "fipo", "aime2024")
+
+
+def test_table_notes_name_the_scorer_the_cons_rule_and_what_each_interval_resamples():
+    summaries = {(e, b): eval_summary(b, 30, 32) for e, b in (("dapo", "aime2024"), ("fipo", "aime2024"),
+                                                               ("fipo", "aime2025"))}
+    notes = evals.table_notes(summaries)
+    assert notes[0] == "Scorer: math_dapo."
+    assert notes[1].startswith("Cons@32: majority over answer classes judged equal by the math_dapo scorer; samples "
+                               "without an answer vote as one 'no answer' class (verl's maj@N convention)")
+    assert "Clopper-Pearson interval over the problems (aime2024: 30, aime2025: 30): population" in notes[2]
+    assert "Pass@1 = Avg@32" in notes[2] and notes[2].startswith(f"[low, high] ({evals.CI_LABEL})")
+    assert notes[3].startswith(f"{evals.RERUN_LABEL}: half-width") and "samples within the fixed problems" in notes[3]
+    assert not any(n.startswith("Cons") for n in evals.table_notes(summaries, metrics=("avg",)))
+    # evaluations made differently are not put side by side
+    summaries[("fipo", "aime2025")] = eval_summary("aime2025", 30, 32, scorer="math_verify")
+    with pytest.raises(AnalysisError, match="differ in scorer.*fipo/aime2025: math_verify"):
+        evals.table_notes(summaries)
+    summaries[("fipo", "aime2025")] = eval_summary("aime2025", 30, 32, rule="abstain")
+    evals.table_notes(summaries, metrics=("avg",))  # an Avg-only table does not depend on Cons's rule
+    with pytest.raises(AnalysisError, match="differ in cons_rule"):
+        evals.table_notes(summaries)
+
+
+def _run_notebook(artifact, **parameters):
+    """Run a notebook's code cells here, with papermill's parameters replaced by ``parameters``."""
+    notebook = nbformat.read(catalog.notebook_path(artifact), as_version=4)
+    namespace = {}
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        if "parameters" in cell.metadata.get("tags", []):
+            exec(cell.source, namespace)
+            namespace.update(parameters)
+        else:
+            exec(cell.source, namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("artifact, preset, experiments", [
+    ("table1", "tiny", ["dapo", "fipo"]),
+    ("table4", "qwen2.5-7b-math", ["dapo", "fipo"]),
+    ("table5", "qwen2.5-7b-math", ["fipo", "fipo-raw"]),
+    ("table6", "qwen2.5-7b-math", ["fipo", "fipo-tau8"]),
+])
+def test_accuracy_tables_say_what_their_intervals_resample(tmp_path, artifact, preset, experiments):
+    for e in experiments:
+        folder = evals.eval_dir(tmp_path, preset, e, "aime2024")
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps(eval_summary("aime2024", 30, 32)))
+    _run_notebook(artifact, preset=preset, results_dir=str(tmp_path), out_dir=str(tmp_path / "tables"),
+                  experiments=experiments, benchmarks=["aime2024"])
+    markdown = (tmp_path / "tables" / f"{artifact}.md").read_text()
+    header = markdown.splitlines()[0]
+    assert evals.CI_LABEL in header and f"aime2024 {evals.RERUN_LABEL}" in header
+    assert ("- [low, high] (95% CI over problems): 95 % Clopper-Pearson interval over the problems (aime2024: 30)"
+            in markdown)
+    assert f"- {evals.RERUN_LABEL}: half-width of the 95 % rerun interval of Avg@32" in markdown
+    assert "- Scorer: math_dapo." in markdown
+    assert ("- Cons@32: majority over answer classes" in markdown) == (artifact == "table1")
+    latex = (tmp_path / "tables" / f"{artifact}.tex").read_text()
+    assert "Clopper-Pearson interval over the problems (aime2024: 30)" in latex
+    assert evals.CI_LABEL in (tmp_path / "tables" / f"{artifact}.csv").read_text().splitlines()[0]
 
 
 def test_tables_are_written_as_csv_markdown_and_latex(tmp_path):

@@ -382,6 +382,54 @@ def test_a_changed_benchmark_file_is_another_evaluation(bench):
         run_eval(bench, FakeSampler())
 
 
+class HalfSureSampler:
+    """n - 1 samples without an answer, then the right one: Cons@n is 0 when the unanswered vote, 100 when they
+    abstain."""
+
+    tokenizer = FakeSampler.tokenizer
+
+    def __init__(self, bench):
+        self.truth = {p["messages"][-1]["content"]: p["ground_truth"] for p in load_benchmark("tiny-test", bench.data)}
+        self.prompts = 0
+
+    def sample(self, prompts, settings, seed_offsets):
+        self.prompts += len(prompts)
+        return [[sampling.Sample("I do not know", 3, "stop")] * (settings.n - 1)
+                + [sampling.Sample(f"Answer: {self.truth[p]}", 3, "stop")] for p in prompts]
+
+
+def test_the_cons_rule_is_in_the_key_and_a_change_recomputes_the_summary_from_the_samples(bench):
+    from fipo.eval.metrics import SUMMARY_VERSION
+
+    sampler = HalfSureSampler(bench)
+    vote = run_eval(bench, sampler)  # default: samples without an answer vote (verl's maj@N convention)
+    assert vote["cons@3"] == 0.0 and vote["avg@3"] == pytest.approx(100 / 3) and vote["pass@3"] == 100.0
+    saved = json.loads((bench.out / "settings.json").read_text())
+    assert saved["cons_unanswered"] == "vote" and saved["summary_version"] == SUMMARY_VERSION
+    assert vote["cons_unanswered"] == "vote" and "no answer" in vote["cons_rule"]
+
+    logs = []
+    abstain = run_eval(bench, sampler, cons_unanswered="abstain", log=logs.append)
+    assert sampler.prompts == 64  # the samples were kept: only the summary was recomputed
+    assert abstain["cons@3"] == 100.0 and abstain["avg@3"] == vote["avg@3"]
+    assert json.loads((bench.out / "settings.json").read_text())["cons_unanswered"] == "abstain"
+    assert json.loads((bench.out / "summary.json").read_text())["cons_unanswered"] == "abstain"
+    assert any("cons_unanswered: vote -> abstain" in line for line in logs)
+
+    # a settings.json from before the rule (no cons_unanswered, no summary_version) keeps its samples too
+    key = json.loads((bench.out / "settings.json").read_text())
+    for name in ("cons_unanswered", "summary_version"):
+        del key[name]
+    (bench.out / "settings.json").write_text(json.dumps(key))
+    assert run_eval(bench, sampler)["cons@3"] == 0.0 and sampler.prompts == 64
+
+    with pytest.raises(ValueError, match="allowed: vote, abstain"):
+        run_eval(bench, sampler, cons_unanswered="skip")
+    # the scorer decides each sample's answer and correctness: a change is another evaluation
+    with pytest.raises(ValueError, match=r"other settings \(scorer: math_dapo -> math_dapo_strict\)"):
+        run_eval(bench, sampler, scorer="math_dapo_strict")
+
+
 # ------------------------------------------------------------------------------------ checkpoint selection
 
 

@@ -83,14 +83,18 @@ def save_figure(fig, out_dir, name: str) -> list[Path]:
     return paths
 
 
-def save_table(frame: pd.DataFrame, out_dir, name: str, caption: str = "") -> list[Path]:
-    """``<name>.csv``, ``.md`` and ``.tex`` of a table of strings and numbers."""
+def save_table(frame: pd.DataFrame, out_dir, name: str, caption: str = "", notes: Sequence[str] = ()) -> list[Path]:
+    """``<name>.csv``, ``.md`` and ``.tex`` of a table of strings and numbers; ``notes`` (footnotes: what the
+    numbers and intervals are) go under the Markdown and LaTeX tables (the CSV stays plain: its column titles
+    carry the labels)."""
     from fipo.tables import to_csv, to_latex, to_markdown
 
     header = [str(c) for c in frame.columns]
     rows = [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
     paths = []
-    for suffix, render in ((".csv", to_csv), (".md", to_markdown), (".tex", lambda h, r: to_latex(h, r, caption))):
+    renderers = ((".csv", to_csv), (".md", lambda h, r: to_markdown(h, r, notes)),
+                 (".tex", lambda h, r: to_latex(h, r, caption, notes)))
+    for suffix, render in renderers:
         paths.append(write_text_atomic(Path(out_dir) / f"{name}{suffix}", render(header, rows)))
     return paths
 

@@ -47,15 +47,17 @@ def _run_status(results_dir, preset: str, experiment: str) -> dict[str, str]:
 
 
 def artifact_fingerprint(results_dir, preset: str, art) -> str:
-    """What an artifact was made from: its notebook's content, each run's fingerprint and each evaluated
-    model's digest. Equal fingerprints, equal inputs."""
+    """What an artifact was made from: its notebook's content, each run's fingerprint and each evaluation
+    (the model's digest, the scorer and the summary's conventions). Equal fingerprints, equal inputs."""
     inputs = {"notebook": file_digest(catalog.notebook_path(art.id)), "runs": {}, "evaluations": {}}
     for experiment in art.experiments:
         record = run_folder(results_dir, preset, experiment).record
         inputs["runs"][experiment] = json.loads(record.read_text()).get("fingerprint") if record.is_file() else None
         if "eval" in art.needs:
             for summary in sorted((Path(results_dir) / preset / "eval" / experiment).glob("*/summary.json")):
-                inputs["evaluations"][f"{experiment}/{summary.parent.name}"] = json.loads(summary.read_text()).get("model_sha256")
+                data = json.loads(summary.read_text())
+                inputs["evaluations"][f"{experiment}/{summary.parent.name}"] = {
+                    k: data.get(k) for k in ("model_sha256", "scorer", "cons_unanswered", "summary_version")}
     return short(digest_of(inputs))
 
 

@@ -3,8 +3,12 @@
 The per-sample file is written one problem at a time (all n lines in one write, then fsync), so a crash
 loses at most the problem in flight; a rerun with the same settings reuses every finished problem and
 samples only the rest. An evaluation is keyed on its model's and benchmark's content (not their paths) and
-its sampling settings (``settings.json``); rerunning with other ones into the same folder is refused, or with
-``on_change="restart"`` the old results are moved to ``superseded/`` and the evaluation starts again.
+its sampling settings and scorer (``settings.json``); rerunning with other ones into the same folder is refused,
+or with ``on_change="restart"`` the old results are moved to ``superseded/`` and the evaluation starts again.
+``settings.json`` also records the summary's conventions (``cons_unanswered``, ``summary_version``; see
+:mod:`fipo.eval.metrics`): they are part of the key, but the samples do not depend on them, so a change keeps
+the samples and recomputes ``summary.json`` from them (the pipeline passes ``--cons-unanswered``, so a changed
+rule reruns its eval jobs, which then only rewrite their summaries).
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import pandas as pd
 
 from fipo.data import DEFAULT_DATA_DIR, dataset_path, require_datasets
 from fipo.eval import BENCHMARKS
-from fipo.eval.metrics import ProblemResult, summarize
+from fipo.eval.metrics import DEFAULT_UNANSWERED, SUMMARY_VERSION, ProblemResult, describe_cons, summarize
 from fipo.eval.sampling import Sampler, SamplingSettings, make_sampler
-from fipo.eval.scoring import get_scorer
+from fipo.eval.scoring import answer_equivalence, get_scorer
 from fipo.files import MalformedLineError, atomic_write, read_jsonl, write_text_atomic
 from fipo.provenance import file_digest, folder_digest, short
 
@@ -33,6 +37,7 @@ SAMPLES_FILE, SUMMARY_FILE, SUMMARY_CSV, SETTINGS_FILE = "samples.jsonl", "summa
 SUPERSEDED_DIR = "superseded"
 ON_CHANGE = ("refuse", "restart")  # what to do when an output folder holds an evaluation with other settings
 INFO_KEYS = ("model",)  # in settings.json for the reader, but not part of the key (the model may move)
+SUMMARY_KEYS = ("cons_unanswered", "summary_version")  # conventions of summary.json: a change keeps the samples
 SAMPLE_KEYS = ("problem_id", "sample_index", "response", "extracted_answer", "correct", "length", "finish_reason")
 
 
@@ -110,8 +115,8 @@ def read_finished(path: Path, n: int, problem_ids: Iterable[str],
     return finished
 
 
-def _changed_keys(previous: dict, current: dict) -> list[str]:
-    return sorted(k for k in set(previous) | set(current) if k not in INFO_KEYS and previous.get(k) != current.get(k))
+def _changed_keys(previous: dict, current: dict, ignore: tuple = INFO_KEYS + SUMMARY_KEYS) -> list[str]:
+    return sorted(k for k in set(previous) | set(current) if k not in ignore and previous.get(k) != current.get(k))
 
 
 def _describe(key: str, previous: dict, current: dict) -> str:
@@ -150,6 +155,11 @@ def _check_settings(out_dir: Path, settings: dict, on_change: str, log: Callable
         return
     changed = _changed_keys(previous, settings)
     if not changed:
+        conventions = [k for k in SUMMARY_KEYS if previous.get(k) != settings.get(k)]
+        if conventions and samples.exists():
+            what = "; ".join(_describe(k, previous, settings) for k in conventions)
+            log(f"[fipo eval] {out_dir}: summary conventions changed ({what}); keeping the samples and recomputing "
+                "the summary")
         return
     if on_change == "restart":
         _move_aside(out_dir, previous, log)
@@ -161,14 +171,18 @@ def _check_settings(out_dir: Path, settings: dict, on_change: str, log: Callable
                      f"{out_dir / SUPERSEDED_DIR}/ and start again, or write to another --out")
 
 
-def evaluation_key(model_path, benchmark: str, data_dir, scorer: str, settings: SamplingSettings) -> dict:
+def evaluation_key(model_path, benchmark: str, data_dir, scorer: str, settings: SamplingSettings,
+                   cons_unanswered: str = DEFAULT_UNANSWERED) -> dict:
     """What ``settings.json`` holds: the model's and the benchmark file's content hashes, the scorer and the
-    sampling settings (the key), and the model's path (information only)."""
+    sampling settings (the key of the samples), the summary's conventions (Cons@n's rule for samples without
+    an answer, the summary version; a change recomputes only the summary) and the model's path (information
+    only)."""
     if not Path(model_path).is_dir():
         raise FileNotFoundError(f"model folder not found: {model_path} (fipo eval keys an evaluation on the model's "
                                 "content, so it needs a local Hugging Face folder)")
     return {"model": str(model_path), "model_sha256": folder_digest(model_path), "benchmark": benchmark,
-            "benchmark_sha256": file_digest(dataset_path(benchmark, data_dir)), "scorer": scorer, **asdict(settings)}
+            "benchmark_sha256": file_digest(dataset_path(benchmark, data_dir)), "scorer": scorer, **asdict(settings),
+            "cons_unanswered": cons_unanswered, "summary_version": SUMMARY_VERSION}
 
 
 def evaluate(
@@ -184,14 +198,16 @@ def evaluate(
     sampler: Optional[Sampler] = None,
     log: Callable[[str], None] = print,
     on_change: str = "refuse",
+    cons_unanswered: str = DEFAULT_UNANSWERED,
 ) -> dict:
     if on_change not in ON_CHANGE:
         raise ValueError(f"on_change={on_change!r}; allowed: {', '.join(ON_CHANGE)}")
     problems = load_benchmark(benchmark, data_dir)
     score = get_scorer(scorer)
+    describe_cons(cons_unanswered)  # an unknown rule fails here, before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    key = evaluation_key(model_path, benchmark, data_dir, scorer, settings)
+    key = evaluation_key(model_path, benchmark, data_dir, scorer, settings, cons_unanswered)
     _check_settings(out_dir, key, on_change, log)  # before anything expensive; writes nothing (restart: moves)
     samples_path = out_dir / SAMPLES_FILE
     finished = read_finished(samples_path, settings.n, (p["problem_id"] for p in problems), log)
@@ -231,24 +247,23 @@ def evaluate(
                     finished[problem["problem_id"]] = records
             done = min(c + chunk_problems, len(todo))
             log(f"[fipo eval] {benchmark}: {done}/{len(todo)} problems sampled ({time.time() - start:.0f} s)")
-    summary = summarize_records(problems, finished, settings.seed)
+    summary = summarize_records(problems, finished, scorer, cons_unanswered)
     summary.update({"benchmark": benchmark, "model": str(model_path), "model_sha256": key["model_sha256"],
-                    "scorer": scorer, "backend": backend, "settings": asdict(settings)})
+                    "backend": backend, "settings": asdict(settings)})
     write_summary(out_dir, summary)
     return summary
 
 
-def summarize_records(problems: list[dict], finished: dict[str, list[dict]], seed: int = 0) -> dict:
+def summarize_records(problems: list[dict], finished: dict[str, list[dict]], scorer: str = "math_dapo",
+                      cons_unanswered: str = DEFAULT_UNANSWERED) -> dict:
+    """The summary of the scored samples; Cons@n votes over the answer classes of ``scorer``."""
     results = []
     for p in problems:
         records = sorted(finished[p["problem_id"]], key=lambda r: r["sample_index"])
-        answer_ok = {}
-        for r in records:
-            if r["extracted_answer"]:
-                answer_ok[r["extracted_answer"]] = answer_ok.get(r["extracted_answer"], False) or r["correct"]
         results.append(ProblemResult(p["problem_id"], [r["correct"] for r in records],
-                                     [r["extracted_answer"] for r in records], p["ground_truth"], answer_ok))
-    summary = summarize(results, seed=seed)
+                                     [r["extracted_answer"] for r in records], p["ground_truth"]))
+    summary = {"scorer": scorer, **summarize(results, same=answer_equivalence(scorer), unanswered=cons_unanswered)}
+    summary["cons_rule"] = describe_cons(cons_unanswered, scorer)
     lengths = [r["length"] for recs in finished.values() for r in recs]
     summary["mean_response_length"] = statistics.fmean(lengths)
     summary["median_response_length"] = statistics.median(lengths)

@@ -200,7 +200,8 @@ def train_params(wildcards):
 def eval_params(wildcards, input, output):
     return cli(
         "eval", "--model", input[0], "--benchmark", wildcards.benchmark, "--backend", EVAL.backend,
-        "--scorer", EVAL.scorer, "--n", str(EVAL_N), "--temperature", str(EVAL.temperature), "--top-p", str(EVAL.top_p),
+        "--scorer", EVAL.scorer, "--cons-unanswered", EVAL.cons_unanswered,
+        "--n", str(EVAL_N), "--temperature", str(EVAL.temperature), "--top-p", str(EVAL.top_p),
         "--max-tokens", str(EVAL.max_tokens), "--tensor-parallel-size", str(EVAL.tensor_parallel_size),
         "--data-dir", DATA, "--out", str(Path(output[0]).parent), "--on-change", "restart",
     )
