@@ -17,22 +17,32 @@ TABLE_SUFFIXES = (".csv", ".md", ".tex")
 class Artifact:
     id: str  # fig01 ... fig12, table1 ... table6, influence
     kind: str  # "figure" or "table"
-    title: str
+    title: str  # what it shows, true at every preset (the runs' own settings go in the legend)
     experiments: tuple[str, ...] = ()  # the runs it compares, in legend order
     scale: str | None = None  # the paper scale it belongs to ("32b", "7b"); None: every preset
     needs: tuple[str, ...] = ()  # "metrics", "lengths", "eval", "token_dump"
+    paper: str = ""  # the paper's own caption, e.g. "Figure 8, 32B: clip-high 1.4 and 25K max response"
 
     @property
     def suffixes(self) -> tuple[str, ...]:
         return FIGURE_SUFFIXES if self.kind == "figure" else TABLE_SUFFIXES
 
+    def heading(self, preset: str) -> str:
+        """The title as this preset ran it."""
+        return f"{self.title} (preset {preset})"
 
-def _fig(id, title, experiments, scale, *needs):
-    return Artifact(id, "figure", title, tuple(experiments), scale, ("metrics", *needs))
+    @property
+    def paper_note(self) -> str:
+        """The paper's wording, kept as a subtitle."""
+        return f"paper: {self.paper}" if self.paper else "not in the paper"
 
 
-def _table(id, title, experiments, scale, *needs):
-    return Artifact(id, "table", title, tuple(experiments), scale, tuple(needs))
+def _fig(id, title, paper, experiments, scale, *needs):
+    return Artifact(id, "figure", title, tuple(experiments), scale, ("metrics", *needs), paper)
+
+
+def _table(id, title, paper, experiments, scale, *needs):
+    return Artifact(id, "table", title, tuple(experiments), scale, tuple(needs), paper)
 
 
 BASE = ("dapo", "fipo")
@@ -40,27 +50,35 @@ BASELINES_7B = ("grpo", "dapo", "fipo")
 TAUS = ("fipo-tau8", "fipo", "fipo-tau128", "fipo-tau256")
 
 ARTIFACTS: dict[str, Artifact] = {a.id: a for a in (
-    _fig("fig01", "AIME24 accuracy and mean response length, FIPO vs DAPO", BASE, "32b"),
-    _fig("fig02", "Instability of raw (unfiltered) Future-KL", ("fipo", "fipo-raw"), "32b"),
-    _fig("fig03", "Response-length statistics, and accuracy vs length with per-phase slopes", BASE, "32b", "lengths"),
-    _fig("fig04", "Training reward, generation batches per step, length-weighted mean advantage", BASE, "32b"),
-    _fig("fig05", "Policy KL, entropy and gradient norm", BASE, "32b"),
-    _fig("fig06", "7B: length-weighted mean advantage and mean response length", BASELINES_7B, "7b"),
-    _fig("fig07", "7B: policy KL, gradient norm and entropy", BASELINES_7B, "7b"),
-    _fig("fig08", "32B ablation: clip-high 1.4 and 25K max response",
+    _fig("fig01", "Validation accuracy and mean response length, FIPO vs DAPO",
+         "Figure 1, 32B: AIME24 accuracy and mean response length", BASE, "32b"),
+    _fig("fig02", "Raw (unfiltered) against filtered Future-KL: dual-clip fraction and stability",
+         "Figure 2, 32B: instability of raw Future-KL", ("fipo", "fipo-raw"), "32b"),
+    _fig("fig03", "Response-length statistics, and accuracy vs length with per-phase slopes",
+         "Figure 3, 32B: response-length dynamics", BASE, "32b", "lengths"),
+    _fig("fig04", "Training reward, generation batches per step, length-weighted mean advantage",
+         "Figure 4, 32B", BASE, "32b"),
+    _fig("fig05", "Policy KL, entropy and gradient norm", "Figure 5, 32B", BASE, "32b"),
+    _fig("fig06", "Length-weighted mean advantage and mean response length, GRPO, DAPO and FIPO",
+         "Figure 6, 7B", BASELINES_7B, "7b"),
+    _fig("fig07", "Policy KL, gradient norm and entropy, GRPO, DAPO and FIPO", "Figure 7, 7B", BASELINES_7B, "7b"),
+    _fig("fig08", "Ablation: PPO clip-high and maximum response length",
+         "Figure 8, 32B: clip-high 1.4 and 25K max response",
          ("fipo", "fipo-cliphigh-1.4", "fipo-maxlen-25k"), "32b", "lengths"),
-    _fig("fig09", "7B ablation: filtering extreme ratios", ("fipo", "fipo-raw"), "7b"),
-    _fig("fig10", "7B ablation: f clip range [1.0, 1.2] vs [0.8, 1.2]", ("fipo-fclip-1.0-1.2", "fipo"), "7b"),
-    _fig("fig11", "7B ablation: decay half-life τ", TAUS, "7b"),
-    _fig("fig12", "32B ablation: PPO mini-batch 32 vs 64",
+    _fig("fig09", "Ablation: filtering extreme ratios out of Future-KL", "Figure 9, 7B", ("fipo", "fipo-raw"), "7b"),
+    _fig("fig10", "Ablation: influence-weight clip range", "Figure 10, 7B: f clip [1.0, 1.2] vs [0.8, 1.2]",
+         ("fipo-fclip-1.0-1.2", "fipo"), "7b"),
+    _fig("fig11", "Ablation: Future-KL decay half-life τ", "Figure 11, 7B: τ ∈ {8, 32, 128, 256}", TAUS, "7b"),
+    _fig("fig12", "Ablation: PPO mini-batch size and the overlong penalty", "Figure 12, 32B: mini-batch 32 vs 64",
          ("fipo", "fipo-minibatch32", "fipo-minibatch32-nooverlong"), "32b"),
-    _table("table1", "Avg@32, Cons@32 and Pass@32 of DAPO and FIPO (32B)", BASE, "32b", "eval"),
-    _table("table2", "Training settings, Qwen2.5-32B-Base (from the spec)", (), "32b"),
-    _table("table3", "Training settings, Qwen2.5-7B-Math (from the spec)", (), "7b"),
-    _table("table4", "7B: GRPO, DAPO and FIPO, Avg@32", BASELINES_7B, "7b", "eval"),
-    _table("table5", "7B ablation of filtering and f clip range, Avg@32",
+    _table("table1", "Avg@n, Cons@n and Pass@n of DAPO and FIPO", "Table 1, 32B: Avg@32, Cons@32, Pass@32 on AIME",
+           BASE, "32b", "eval"),
+    _table("table2", "Training settings (from the spec)", "Table 2: Qwen2.5-32B-Base settings", (), "32b"),
+    _table("table3", "Training settings (from the spec)", "Table 3: Qwen2.5-Math-7B settings", (), "7b"),
+    _table("table4", "GRPO, DAPO and FIPO, Avg@n", "Table 4, 7B: peak Avg@32 on AIME", BASELINES_7B, "7b", "eval"),
+    _table("table5", "Ablation of filtering and the f clip range, Avg@n", "Table 5, 7B: peak Avg@32 on AIME",
            ("fipo-fclip-1.0-1.2", "fipo-raw", "fipo"), "7b", "eval"),
-    _table("table6", "7B ablation of τ, Avg@32", TAUS, "7b", "eval"),
+    _table("table6", "Ablation of τ, Avg@n", "Table 6, 7B: peak Avg@32 on AIME", TAUS, "7b", "eval"),
     Artifact("influence", "figure", "Per-token influence weights f: which tokens FIPO up- and down-weights",
              ("fipo",), None, ("metrics", "token_dump")),
 )}
@@ -75,8 +93,14 @@ LABELS = {
 }
 
 
-def label(experiment: str) -> str:
-    return LABELS.get(experiment, experiment)
+def label(experiment: str, preset: str | None = None, among: tuple[str, ...] | list[str] = ()) -> str:
+    """The legend label of a run: from its spec when the preset is known (its method and the settings in which it
+    differs from the runs it is compared with, ``among``; fipo.analysis.labels), else the paper's name."""
+    if preset is None:
+        return LABELS.get(experiment, experiment)
+    from fipo.analysis.labels import run_labels
+
+    return run_labels(preset, tuple(dict.fromkeys([*among, experiment])))[experiment]
 
 
 def preset_scale(preset: str) -> str | None:

@@ -3,6 +3,23 @@ and Figure 1 draws the reference lines. Values are AIME accuracies in %."""
 
 from __future__ import annotations
 
+# The paper's evaluation benchmarks, by the dataset names of this project (fipo.data.DATASETS).
+BENCHMARK_NAMES = {"aime2024": "AIME 2024", "aime2025": "AIME 2025"}
+
+
+def comparable(preset: str, scale: str, benchmark: str) -> bool:
+    """Whether a paper value of ``scale`` ("32b", "7b") on ``benchmark`` may share an axis or a column with a
+    result of ``preset``: same scale and the same benchmark."""
+    from fipo.analysis.catalog import preset_scale
+
+    return preset_scale(preset) == scale and benchmark in BENCHMARK_NAMES
+
+
+def reference_label(preset: str, scale: str, benchmark: str) -> str:
+    """"paper, AIME 2024, 32B", and when ``preset`` cannot be compared with it, says so."""
+    name = f"paper, {BENCHMARK_NAMES.get(benchmark, benchmark)}, {scale.upper()}"
+    return name if comparable(preset, scale, benchmark) else f"{name} (not comparable to preset {preset})"
+
 # Figure 1's horizontal reference lines (AIME 2024)
 FIG1_REFERENCE_LINES = {"DeepSeek-R1-Zero-Math-32B": 47.0, "o1-mini": 56.0}
 

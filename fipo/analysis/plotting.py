@@ -56,21 +56,30 @@ def plot_metric(ax, frame: pd.DataFrame, experiments: Sequence[str], metric: str
         if experiment not in experiments:
             continue
         s = series(frame, run, metric) * scale
-        ax.plot(s.index, s.values, label=catalog.label(experiment), color=color(experiment), marker=marker, ms=3)
+        ax.plot(s.index, s.values, label=_label(run, experiments), color=color(experiment), marker=marker, ms=3)
     ax.set_title(title)
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
+
+
+def _label(run: str, experiments: Sequence[str]) -> str:
+    """The legend label of a run <preset>/<experiment>, from its spec (fipo.analysis.labels)."""
+    preset, experiment = run.split("/", 1)
+    return catalog.label(experiment, preset or None, tuple(experiments))
 
 
 def panel_letter(i: int) -> str:
     return f"({chr(ord('a') + i)})"
 
 
-def finish(fig, axes, title: str) -> None:
+def finish(fig, axes, title: str, subtitle: str = "") -> None:
+    """Shared legend, the title (what this preset ran) and a subtitle (the paper's wording)."""
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), bbox_to_anchor=(0.5, 1.0), frameon=False)
-    fig.suptitle(title, y=1.06, fontsize=10)
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 3), bbox_to_anchor=(0.5, 1.0), frameon=False)
+    # above the legend (anchored at the top edge), whatever the figure's height: offsets in inches
+    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), y=1 + 0.15 / fig.get_figheight(), va="bottom",
+                 fontsize=10)
     fig.tight_layout()
 
 
@@ -109,16 +118,22 @@ def plot_validation(ax, frame: pd.DataFrame, experiments: Sequence[str], stat: s
     """Validation accuracy in % (Avg@N for ``stat="mean"``, Cons@N for ``"maj"``) against step."""
     from fipo.analysis.runs import validation_metric
 
-    name = ""
+    from fipo.analysis.labels import validation_benchmarks
+
+    name, benchmarks = "", []
     for run in dict.fromkeys(frame["run"]):
-        experiment = run.split("/", 1)[-1]
+        preset, experiment = run.split("/", 1)
         if experiment not in experiments:
             continue
         name = validation_metric(frame, run, stat)
         s = series(frame, run, name) * 100
-        ax.plot(s.index, s.values, label=catalog.label(experiment), color=color(experiment), marker="o", ms=3)
-    source = name.split("/")[1] if name else ""
+        ax.plot(s.index, s.values, label=_label(run, experiments), color=color(experiment), marker="o", ms=3)
+        if preset:
+            benchmarks.append(validation_benchmarks(preset, experiment))
+    # what the axis measures: the runs' validation data (by dataset name) and the N verl logged
+    benchmark = " / ".join(dict.fromkeys(benchmarks)) or (name.split("/")[1] if name else "")
     n = name.split("@")[-1].split("/")[0] if name else "N"
-    ax.set_title(title or f"{source} {'Avg' if stat == 'mean' else 'Cons'}@{n} (validation)")
+    statistic = f"{'Avg' if stat == 'mean' else 'Cons'}@{n}"
+    ax.set_title((title.replace("@N", f"@{n}") + f", {benchmark}") if title else f"{benchmark} {statistic} (validation)")
     ax.set_xlabel("training step")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(f"{benchmark} {statistic} (%)")

@@ -6,11 +6,14 @@ from __future__ import annotations
 import html
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
 from fipo.analysis import catalog
+from fipo.analysis.labels import plain
+from fipo.analysis.locate import project_root
 from fipo.analysis.runs import run_folder
 from fipo.run_folder import read_steps
 from fipo.experiment import evaluation, load_experiment, preset_info
@@ -36,6 +39,24 @@ def run_settings(preset: str, experiment: str) -> dict[str, str]:
     return settings
 
 
+def _key_value_table(values: dict) -> str:
+    rows = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td>{html.escape(plain(v))}</td></tr>"
+                   for k, v in values.items())
+    return f"<table>{rows}</table>"
+
+
+def _all_settings(preset: str, experiments) -> str:
+    """Every setting of the compared runs (key, one column per run), the differing keys first, folded away."""
+    from fipo.analysis.labels import settings_table
+
+    header = "".join(f"<th>{html.escape(e)}</th>" for e in experiments)
+    body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+                   + "".join(f"<td>{html.escape(v)}</td>" for v in values) + "</tr>"
+                   for k, values in settings_table(preset, experiments))
+    return (f"<details><summary>all settings of these runs (differences first)</summary>"
+            f"<table><tr><th>key</th>{header}</tr>{body}</table></details>")
+
+
 def _run_status(results_dir, preset: str, experiment: str) -> dict[str, str]:
     run = run_folder(results_dir, preset, experiment)
     if not run.metrics.is_file():
@@ -49,7 +70,9 @@ def _run_status(results_dir, preset: str, experiment: str) -> dict[str, str]:
 def artifact_fingerprint(results_dir, preset: str, art) -> str:
     """What an artifact was made from: its notebook's content, each run's fingerprint and each evaluation
     (the model's digest, the scorer and the summary's conventions). Equal fingerprints, equal inputs."""
-    inputs = {"notebook": file_digest(catalog.notebook_path(art.id)), "runs": {}, "evaluations": {}}
+    # the source notebook, wherever the index is built from (its kernel may run in results/<preset>/notebooks/)
+    notebooks = (project_root() or Path.cwd()) / "notebooks"
+    inputs = {"notebook": file_digest(catalog.notebook_path(art.id, notebooks)), "runs": {}, "evaluations": {}}
     for experiment in art.experiments:
         record = run_folder(results_dir, preset, experiment).record
         inputs["runs"][experiment] = json.loads(record.read_text()).get("fingerprint") if record.is_file() else None
@@ -70,9 +93,9 @@ def index_html(results_dir, preset: str, page_dir: Path) -> str:
             for e in dict.fromkeys(e for art in artifacts for e in art.experiments)}
     parts = [f"<h1>FIPO Workbench: preset {html.escape(preset)}</h1>",
              f"<p>{html.escape(preset_info(preset)['description'])}</p>",
-             f"<p>Evaluation: {html.escape(str(evaluation(preset)))}</p>"]
+             "<h3>Evaluation settings</h3>", _key_value_table(asdict(evaluation(preset)))]
     for art in artifacts:
-        parts.append(f"<h2 id='{art.id}'>{art.id}: {html.escape(art.title)}</h2>")
+        parts.append(f"<h2 id='{art.id}'>{art.id}: {html.escape(art.heading(preset))}</h2>")
         parts.append(f"<p><small>inputs fingerprint {artifact_fingerprint(results_dir, preset, art)} (notebook, "
                      f"runs and evaluated models; the runs behind it and their fingerprints are in the table "
                      f"below)</small></p>")
@@ -87,7 +110,9 @@ def index_html(results_dir, preset: str, page_dir: Path) -> str:
         elif art.kind == "table" and files[0].is_file():
             parts.append(pd.read_csv(files[0]).to_html(index=False, na_rep="–", border=0))
         if art.experiments:
+            parts.append(f"<p><small>{html.escape(art.paper_note)}</small></p>")
             parts.append(pd.DataFrame({e: rows[e] for e in art.experiments}).T.to_html(border=0))
+            parts.append(_all_settings(preset, art.experiments))
     style = "body{font-family:sans-serif;max-width:1100px;margin:auto} table{border-collapse:collapse;font-size:12px} td,th{padding:2px 8px}"
     return f"<!doctype html><html><head><meta charset='utf-8'><title>FIPO Workbench: {html.escape(preset)}</title>" \
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"

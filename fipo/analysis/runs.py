@@ -37,7 +37,7 @@ def load_metrics(path, preset: str = "", experiment: str = "") -> pd.DataFrame:
     path = Path(path)
     run = f"{preset}/{experiment}" if preset or experiment else path.parent.name
     if not path.is_file():
-        raise MissingRunError(run, path, "train it first, e.g. `snakemake <that path>` or `python -m fipo train`")
+        raise MissingRunError(run, path.resolve(), _why_missing(path, preset))
     try:
         steps = read_steps(path)
     except MalformedLineError as err:
@@ -52,6 +52,18 @@ def load_metrics(path, preset: str = "", experiment: str = "") -> pd.DataFrame:
         raise MalformedLogError(path, 0, "no numeric metrics in the file")
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame.sort_values(["metric", "step"], kind="stable").reset_index(drop=True)
+
+
+def _why_missing(path: Path, preset: str) -> str:
+    """Tell "this run was never trained" from "this is the wrong folder"."""
+    runs_dir = path.parent.parent
+    if runs_dir.is_dir():
+        present = sorted(p.name for p in runs_dir.iterdir() if (p / "metrics.jsonl").is_file())
+        return (f"never trained here; runs that are: {', '.join(present) or 'none'}. Train it first, e.g. "
+                "`snakemake <that path>` or `python -m fipo train`")
+    results = runs_dir.parent.parent if preset else runs_dir.parent
+    return (f"no results of preset {preset!r} at all under {results.resolve()}: wrong results_dir? "
+            "(the notebooks resolve a relative one with fipo.analysis.locate.results_dir)")
 
 
 def load_runs(results_dir, preset: str, experiments: Iterable[str]) -> pd.DataFrame:
