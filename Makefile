@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test test-cluster bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest
+
+# Real clusters on this machine (root, Debian): a one-node Slurm cluster (scripts/local_slurm.sh installs and
+# starts it) runs a slice of the pipeline through workflow/profiles/slurm, and two Ray nodes run a 2-node verl
+# training (tests/test_cluster.py, marker `cluster`). The Slurm cluster is stopped afterwards, pass or fail.
+test-cluster: $(STAMP)
+	scripts/local_slurm.sh up
+	$(PYTHON) -m pytest -m cluster --durations=0 tests/test_cluster.py; status=$$?; scripts/local_slurm.sh down; exit $$status
 
 bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_future_kl.py

@@ -15,7 +15,10 @@ import time
 
 from fipo.experiment import Experiment
 from fipo.run_folder import RunFolder
-from fipo.verl_command import VERL_ENTRY, command_line, verl_environment
+from fipo.verl_command import VERL_ENTRY, command_line, hydra_value, verl_environment
+
+RAY_ADDRESS_KEY = "+ray_kwargs.ray_init.address"
+RUNTIME_ENV_VARS = "ray_kwargs.ray_init.runtime_env.env_vars"
 
 TIMEOUT_EXIT_CODE = 124
 _PR_SET_PDEATHSIG = 1
@@ -32,7 +35,12 @@ def run_training(exp: Experiment, run: RunFolder, overrides: list[str], timeout_
     run.merge_attempts()
     overrides = run.resume_point(overrides, log=log)
     attempt = run.new_attempt()
-    env = {**os.environ, **verl_environment(run, exp, metrics_path=attempt)}
+    verl_env = verl_environment(run, exp, metrics_path=attempt)
+    env = {**os.environ, **verl_env}
+    if any(o.startswith(RAY_ADDRESS_KEY + "=") for o in overrides):
+        # On an existing Ray cluster verl's TaskRunner (its file logger included) and workers run in processes the
+        # raylets start, with the environment of `ray start`, not ours: hand them ours through the job's runtime_env.
+        overrides = [*overrides, *(f"+{RUNTIME_ENV_VARS}.{key}={hydra_value(value)}" for key, value in verl_env.items())]
     log(f"[fipo] {exp.run_id}: {command_line(overrides)}")
     start = time.monotonic()
     # A session of its own, so that a timeout can stop the whole tree (driver, Ray, workers); the run folder as

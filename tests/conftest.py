@@ -36,3 +36,15 @@ def tiny_world(tmp_path_factory, ray_dir) -> dict[str, Path]:
     prepare_tiny_data(data_dir)
     model = build_tiny_base_model(results_dir / "tiny" / "base_model", log=lambda msg: None)
     return {"root": root, "data": data_dir, "results": results_dir, "model": model, "ray": ray_dir}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Cluster tests (a local Slurm cluster and Ray nodes, `make test-cluster`) run only when asked for by a
+    marker expression that names them (`-m cluster`); any other selection, `-m 'not slow'` included, leaves
+    them out rather than failing on a machine without a cluster."""
+    if "cluster" in (config.getoption("markexpr") or ""):
+        return
+    kept = [item for item in items if item.get_closest_marker("cluster") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept

@@ -29,8 +29,9 @@ def test_environment_yml_installs_the_project_with_the_makefiles_torch():
 
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    assert "make test" in readme
-    assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")
+    assert "make test" in readme and "make test-cluster" in readme
+    commands = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    assert commands == ["make test", "make test-cluster"]  # the README's test command, then the cluster tests
 
 
 def test_make_run_is_the_pipeline_on_the_tiny_default():

@@ -140,6 +140,32 @@ def test_lint_is_clean():
     assert out.returncode == 0 and "Congratulations" in out.stdout + out.stderr, out.stdout[-3000:]
 
 
+def test_snakefmt_is_clean():
+    """The Snakemake catalog's formatting convention (line length from pyproject's [tool.snakefmt])."""
+    out = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "workflow/"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_rule_names_the_environment_yml_environment_and_sdm_conda_runs_its_python(tmp_path):
+    """Rules name the conda environment environment.yml creates (by name: Snakemake copies an environment *file*
+    under .snakemake/conda/, where its `-e .` would not resolve). Under --sdm conda the commands run that
+    environment's python, otherwise the interpreter Snakemake runs on. (Conda itself is not on this machine.)"""
+    rules = {p.name: p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk") if p.name != "common.smk"}
+    for name, text in rules.items():
+        for block in text.split("\nrule ")[1:]:
+            if "    shell:" in block:  # a rule that runs something (target rules only collect inputs)
+                assert "    conda:\n        CONDA_ENV" in block, (name, block.split(":")[0])
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert 'CONDA_ENV = "' + environment["name"] + '"' in (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    def interpreters(*args):
+        out = snakemake("-n", "-p", *args, results=tmp_path / "r").stdout
+        return {line.split("Shell command: ", 1)[-1].split()[0] for line in out.splitlines() if " -m fipo " in line}
+
+    assert interpreters("--sdm", "conda") == {"python"}
+    assert interpreters() == {sys.executable}
+
+
 # ------------------------------------------------------------------------------------ bad config
 
 
@@ -290,7 +316,69 @@ def test_smoke_pipeline_writes_every_figure_table_and_the_index(smoke):
         assert record["fingerprint"][:12] in index
     assert index.count("inputs fingerprint ") == len(catalog.artifacts_for("tiny"))
     table1 = (results / "tiny" / "tables" / "table1.md").read_text()
-    assert "| FIPO | Avg@4 | 56.0 | 43.0 |" in table1  # the paper's value beside the reproduced one
+    # the paper's values in their own, labelled columns: a toy task is not AIME at 32B
+    assert "paper, AIME 2024, 32B (not comparable to preset tiny)" in table1
+    assert re.search(r"^\| FIPO \| Avg@4 \|.*\| 56\.0 \| 43\.0 \|$", table1, re.M), table1
+    assert "Spec(" not in index and "preset tiny" in index
+    fig08 = json.loads((results / "tiny" / "notebooks" / "fig08.ipynb").read_text())
+    printed = "".join("".join(o.get("text", "")) for c in fig08["cells"] for o in c.get("outputs", []))
+    assert "paper: Figure 8, 32B" in printed
+
+
+@pytest.mark.slow
+def test_snakemake_report_holds_every_figure_and_table_with_its_caption(smoke, tmp_path):
+    import zipfile
+
+    out = tmp_path / "report.zip"
+    made = subprocess.run([*smoke["cmd"], "--report", str(out)], cwd=ROOT, env=smoke["env"], capture_output=True,
+                          text=True, timeout=600)
+    assert made.returncode == 0, (made.stdout + made.stderr)[-3000:]
+    names = zipfile.ZipFile(out).namelist()
+    text = "".join(zipfile.ZipFile(out).read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
+    for art in catalog.artifacts_for("tiny"):
+        suffix = ".png" if art.kind == "figure" else ".csv"
+        assert any(n.endswith(f"/{art.id}{suffix}") for n in names), art.id
+        heading = art.heading("tiny")  # its caption; the report stores captions in JSON (non-ASCII escaped)
+        assert heading in text or json.dumps(heading)[1:-1] in text, art.id
+
+
+def run_notebook(path, cwd, **parameters):
+    """Run all cells as JupyterLab does (the kernel starts in ``cwd``); papermill injects ``parameters``."""
+    import papermill
+
+    out = Path(cwd) / f"rerun-{Path(path).name}"
+    papermill.execute_notebook(str(path), str(out), parameters=parameters, cwd=str(cwd), kernel_name="python3",
+                               progress_bar=False)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_notebooks_rerun_from_their_own_folder_and_follow_a_moved_results_folder(smoke, tmp_path):
+    results = smoke["results"]
+    # the source notebook, from notebooks/ (JupyterLab's working directory), results_dir relative to the project
+    relative = os.path.relpath(results, ROOT)
+    out = tmp_path / "source-run"
+    out.mkdir()
+    run_notebook(ROOT / "notebooks" / "fig03.ipynb", ROOT / "notebooks", preset="tiny", results_dir=relative,
+                 out_dir=str(out))
+    assert (out / "fig03.png").is_file()
+    # the executed copies, unchanged (their injected results_dir is the pipeline's), after the results folder moved
+    moved = tmp_path / "archive" / "moved results"
+    shutil.copytree(results, moved, ignore=shutil.ignore_patterns("checkpoints", "hf", "base_model"))
+    shutil.copytree(results / "tiny" / "base_model", moved / "tiny" / "base_model")
+    real = Path(results)
+    real.rename(real.with_name("away"))  # the old location is gone, as after a move
+    try:
+        executed = moved / "tiny" / "notebooks"
+        written = {"fig03": "figures/fig03.png", "table1": "tables/table1.csv", "influence": "figures/influence.png",
+                   "index": "index.html"}
+        for name, output in written.items():
+            before = (moved / "tiny" / output).stat().st_mtime_ns
+            run_notebook(executed / f"{name}.ipynb", executed)
+            assert (moved / "tiny" / output).stat().st_mtime_ns > before, f"{name} did not rewrite {output}"
+        assert not real.exists(), "a notebook wrote to the old location"
+    finally:
+        real.with_name("away").rename(real)
 
 
 @pytest.mark.slow

@@ -7,17 +7,22 @@ rule figure:
     input:
         artifact_inputs,
     output:
-        f"{RESULTS}/{{preset}}/figures/{{artifact}}.png",
+        report(
+            f"{RESULTS}/{{preset}}/figures/{{artifact}}.png",
+            caption="../report/artifact.rst",
+            category="Figures",
+        ),
         f"{RESULTS}/{{preset}}/figures/{{artifact}}.pdf",
         f"{RESULTS}/{{preset}}/notebooks/{{artifact}}.ipynb",
+    log:
+        f"{RESULTS}/logs/{{preset}}/notebooks/{{artifact}}.log",
     wildcard_constraints:
         artifact="fig[0-9]+|influence",
     conda:
-        "../../environment.yml"
-    log:
-        f"{RESULTS}/logs/{{preset}}/notebooks/{{artifact}}.log",
+        CONDA_ENV
     params:
         cmd=papermill,
+        caption=artifact_caption,
     shell:
         "{params.cmd} > {log:q} 2>&1"
 
@@ -26,18 +31,23 @@ rule table:
     input:
         artifact_inputs,
     output:
-        f"{RESULTS}/{{preset}}/tables/{{artifact}}.csv",
+        report(
+            f"{RESULTS}/{{preset}}/tables/{{artifact}}.csv",
+            caption="../report/artifact.rst",
+            category="Tables",
+        ),
         f"{RESULTS}/{{preset}}/tables/{{artifact}}.md",
         f"{RESULTS}/{{preset}}/tables/{{artifact}}.tex",
         f"{RESULTS}/{{preset}}/notebooks/{{artifact}}.ipynb",
+    log:
+        f"{RESULTS}/logs/{{preset}}/notebooks/{{artifact}}.log",
     wildcard_constraints:
         artifact="table[0-9]+",
     conda:
-        "../../environment.yml"
-    log:
-        f"{RESULTS}/logs/{{preset}}/notebooks/{{artifact}}.log",
+        CONDA_ENV
     params:
         cmd=papermill,
+        caption=artifact_caption,
     shell:
         "{params.cmd} > {log:q} 2>&1"
 
@@ -49,14 +59,30 @@ rule index:
     output:
         html=f"{RESULTS}/{PRESET}/index.html",
         notebook=f"{RESULTS}/{PRESET}/notebooks/index.ipynb",
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/{PRESET}/notebooks/index.log",
+    conda:
+        CONDA_ENV
     params:
-        cmd=lambda wildcards, output: shell_line(PYTHON, "-m", "papermill", "--kernel", "python3", "--log-output",
-            "notebooks/index.ipynb", output.notebook, "-r", "preset", PRESET, "-r", "results_dir", RESULTS,
-            "-r", "out", output.html),
+        cmd=lambda wildcards, output: shell_line(
+            PYTHON,
+            "-m",
+            "papermill",
+            "--kernel",
+            "python3",
+            "--log-output",
+            "notebooks/index.ipynb",
+            output.notebook,
+            "-r",
+            "preset",
+            PRESET,
+            "-r",
+            "results_dir",
+            RESULTS,
+            "-r",
+            "out",
+            output.html,
+        ),
     shell:
         "{params.cmd} > {log:q} 2>&1"
 
@@ -89,4 +115,9 @@ for _family, _members in ABLATIONS.items():
         input:
             [run_record(e) for e in _members],
             all_eval_summaries(_members),
-            [f for a in ARTIFACTS if a.experiments and set(a.experiments) <= set(_members) for f in artifact_files(a.id)],
+            [
+                f
+                for a in ARTIFACTS
+                if a.experiments and set(a.experiments) <= set(_members)
+                for f in artifact_files(a.id)
+            ],

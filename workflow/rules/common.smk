@@ -6,6 +6,8 @@ import os
 import re
 import shlex
 import sys
+
+from snakemake.settings.types import DeploymentMethod
 from pathlib import Path
 
 import yaml
@@ -69,7 +71,12 @@ PRESET = config["preset"]
 # target the user names match; any character is allowed, every shell use is quoted.
 RESULTS = os.path.normpath(config["results_dir"])
 DATA = os.path.normpath(config["data_dir"])
-PYTHON = sys.executable  # the interpreter snakemake runs in: the project's environment
+# The project's environment. Run inside it (venv or `conda activate fipo-workbench`), every rule uses the
+# interpreter snakemake runs on. With `--sdm conda`, Snakemake activates the named environment CONDA_ENV
+# (made once from environment.yml; named, so nothing is copied or built under .snakemake/conda/) in each job,
+# and the rules run that environment's `python`.
+CONDA_ENV = "fipo-workbench"
+PYTHON = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
 VERSION = project_version()
 
 
@@ -96,7 +103,6 @@ TABLES = [a.id for a in ARTIFACTS if a.kind == "table"]
 TRAIN = config.get("train") or {}
 TRAIN_OVERRIDES = list(TRAIN.get("overrides") or [])
 EVAL_N = (config.get("eval") or {}).get("n") or EVAL.n
-
 
 
 def one_of(names):
@@ -169,8 +175,13 @@ def gpu_resources(spec):
         return {"mem_mb": 8000, "runtime": 60, "gpu": 0, "nodes": 1}
     if TRAIN.get("ray_address"):  # multi-node: the job is only the driver; the Ray cluster holds the GPUs
         return {"mem_mb": 32000, "runtime": TRAIN.get("runtime_min") or 3 * 24 * 60, "gpu": 0, "nodes": 1}
-    return {"mem_mb": 400_000, "runtime": TRAIN.get("runtime_min") or 3 * 24 * 60,
-            "gpu": spec.trainer.n_gpus_per_node, "nodes": spec.trainer.nnodes, "cpus_per_task": 32}
+    return {
+        "mem_mb": 400_000,
+        "runtime": TRAIN.get("runtime_min") or 3 * 24 * 60,
+        "gpu": spec.trainer.n_gpus_per_node,
+        "nodes": spec.trainer.nnodes,
+        "cpus_per_task": 32,
+    }
 
 
 def shell_line(*parts):
@@ -184,9 +195,20 @@ def cli(*parts):
 
 # ------------------------------------------------------------------------------------ command lines
 
+
 def train_params(wildcards):
-    parts = ["--preset", PRESET, "--experiment", wildcards.experiment, "--results-dir", RESULTS,
-             "--data-dir", DATA, "--record", run_record(wildcards.experiment)]
+    parts = [
+        "--preset",
+        PRESET,
+        "--experiment",
+        wildcards.experiment,
+        "--results-dir",
+        RESULTS,
+        "--data-dir",
+        DATA,
+        "--record",
+        run_record(wildcards.experiment),
+    ]
     if TRAIN.get("timeout_s"):
         parts += ["--timeout", str(TRAIN["timeout_s"])]
     if TRAIN.get("ray_address"):
@@ -196,20 +218,67 @@ def train_params(wildcards):
     return cli("train", *parts)
 
 
-
 def eval_params(wildcards, input, output):
     return cli(
-        "eval", "--model", input[0], "--benchmark", wildcards.benchmark, "--backend", EVAL.backend,
-        "--scorer", EVAL.scorer, "--cons-unanswered", EVAL.cons_unanswered,
-        "--n", str(EVAL_N), "--temperature", str(EVAL.temperature), "--top-p", str(EVAL.top_p),
-        "--max-tokens", str(EVAL.max_tokens), "--tensor-parallel-size", str(EVAL.tensor_parallel_size),
-        "--data-dir", DATA, "--out", str(Path(output[0]).parent), "--on-change", "restart",
+        "eval",
+        "--model",
+        input[0],
+        "--benchmark",
+        wildcards.benchmark,
+        "--backend",
+        EVAL.backend,
+        "--scorer",
+        EVAL.scorer,
+        "--cons-unanswered",
+        EVAL.cons_unanswered,
+        "--n",
+        str(EVAL_N),
+        "--temperature",
+        str(EVAL.temperature),
+        "--top-p",
+        str(EVAL.top_p),
+        "--max-tokens",
+        str(EVAL.max_tokens),
+        "--tensor-parallel-size",
+        str(EVAL.tensor_parallel_size),
+        "--data-dir",
+        DATA,
+        "--out",
+        str(Path(output[0]).parent),
+        "--on-change",
+        "restart",
     )
 
+
+def artifact_caption(wildcards):
+    """The caption `snakemake --report` shows: what this preset ran, the paper's wording, the notebook."""
+    art = catalog.ARTIFACTS[wildcards.artifact]
+    runs = ", ".join(art.experiments) or "the spec"
+    return (
+        f"{art.heading(wildcards.preset)}. {art.paper_note[0].upper()}{art.paper_note[1:]}. "
+        f"Made by notebooks/{art.id}.ipynb from: {runs}."
+    )
 
 
 def papermill(wildcards, input, output):
     notebook = str(catalog.notebook_path(wildcards.artifact))
     out_dir = str(Path(output[0]).parent)
-    return shell_line(PYTHON, "-m", "papermill", "--kernel", "python3", "--log-output", notebook, output[-1],
-                      "-r", "preset", PRESET, "-r", "results_dir", RESULTS, "-r", "out_dir", out_dir)
+    return shell_line(
+        PYTHON,
+        "-m",
+        "papermill",
+        "--kernel",
+        "python3",
+        "--log-output",
+        notebook,
+        output[-1],
+        "-r",
+        "preset",
+        PRESET,
+        "-r",
+        "results_dir",
+        RESULTS,
+        "-r",
+        "out_dir",
+        out_dir,
+    )

@@ -4,10 +4,10 @@
 rule tiny_data:
     output:
         dataset_files(["tiny-train", "tiny-val", "tiny-test"]),
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/data/tiny.log",
+    conda:
+        CONDA_ENV
     params:
         cmd=cli("data", "tiny", "--data-dir", DATA),
     shell:
@@ -20,10 +20,10 @@ rule aime_data:
         "data/aime/aime2025.jsonl",
     output:
         dataset_files(["aime2024", "aime2025"]),
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/data/aime.log",
+    conda:
+        CONDA_ENV
     params:
         cmd=cli("data", "aime", "--data-dir", DATA),
     shell:
@@ -33,12 +33,18 @@ rule aime_data:
 rule dapo_data:
     output:
         dataset_files(["dapo-math-17k"]),
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/data/dapo-math-17k.log",
+    conda:
+        CONDA_ENV
     params:
-        cmd=cli("data", "dapo", "--data-dir", DATA, *(["--source", config["dapo_source"]] if config.get("dapo_source") else [])),
+        cmd=cli(
+            "data",
+            "dapo",
+            "--data-dir",
+            DATA,
+            *(["--source", config["dapo_source"]] if config.get("dapo_source") else []),
+        ),
     shell:
         "{params.cmd} > {log:q} 2>&1"
 
@@ -47,12 +53,12 @@ rule tiny_model:
     # tokenizer + 240k-parameter Qwen2 model + 300-step warm start, written atomically (fipo/tiny.py)
     output:
         f"{RESULTS}/tiny/base_model/tiny_model.json",
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/data/tiny_model.log",
     benchmark:
         f"{RESULTS}/benchmarks/tiny_model.tsv"
+    conda:
+        CONDA_ENV
     threads: workflow.cores
     params:
         cmd=cli("tiny-model", "--results-dir", RESULTS),

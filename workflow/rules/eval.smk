@@ -8,12 +8,12 @@ rule evaluate:
         lambda wildcards: dataset_files([wildcards.benchmark]),
     output:
         f"{RESULTS}/{{preset}}/eval/{{experiment}}/{{benchmark}}/summary.json",
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/{{preset}}/eval/{{experiment}}-{{benchmark}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{preset}}/eval/{{experiment}}-{{benchmark}}.tsv"
+    conda:
+        CONDA_ENV
     threads: lambda wildcards: 1 if EVAL.backend == "vllm" else workflow.cores
     resources:
         gpu=lambda wildcards: EVAL.tensor_parallel_size if EVAL.backend == "vllm" else 0,

@@ -9,12 +9,12 @@ rule train:
         train_inputs,
     output:
         f"{RESULTS}/{{preset}}/runs/{{experiment}}/run.json",
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/{{preset}}/train/{{experiment}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{preset}}/train/{{experiment}}.tsv"
+    conda:
+        CONDA_ENV
     # CPU runs take every core: two verl runs side by side on 2 cores are slower than one after the other.
     threads: lambda wildcards: workflow.cores if SPECS[wildcards.experiment].trainer.device == "cpu" else 1
     resources:
@@ -36,13 +36,22 @@ rule lengths:
         f"{RESULTS}/{{preset}}/runs/{{experiment}}/run.json",
     output:
         f"{RESULTS}/{{preset}}/runs/{{experiment}}/length_stats.csv",
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/{{preset}}/lengths/{{experiment}}.log",
+    conda:
+        CONDA_ENV
     params:
-        cmd=lambda wildcards, output: cli("lengths", "--preset", PRESET, "--experiment", wildcards.experiment,
-                                          "--results-dir", RESULTS, "--out", output[0]),
+        cmd=lambda wildcards, output: cli(
+            "lengths",
+            "--preset",
+            PRESET,
+            "--experiment",
+            wildcards.experiment,
+            "--results-dir",
+            RESULTS,
+            "--out",
+            output[0],
+        ),
     shell:
         "{params.cmd} > {log:q} 2>&1"
 
@@ -53,12 +62,23 @@ rule convert:
         f"{RESULTS}/{{preset}}/runs/{{experiment}}/run.json",
     output:
         directory(f"{RESULTS}/{{preset}}/runs/{{experiment}}/hf/selected"),
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/{{preset}}/convert/{{experiment}}.log",
+    conda:
+        CONDA_ENV
     params:
-        cmd=lambda wildcards, output: cli("convert", "--preset", PRESET, "--experiment", wildcards.experiment,
-                                          "--which", EVAL.checkpoint, "--results-dir", RESULTS, "--out", output[0]),
+        cmd=lambda wildcards, output: cli(
+            "convert",
+            "--preset",
+            PRESET,
+            "--experiment",
+            wildcards.experiment,
+            "--which",
+            EVAL.checkpoint,
+            "--results-dir",
+            RESULTS,
+            "--out",
+            output[0],
+        ),
     shell:
         "{params.cmd} > {log:q} 2>&1"
