@@ -193,8 +193,8 @@ def fipo_policy_loss(
         raise ValueError(f"FIPO loss: tensors must be (batch, response_length), got shape {tuple(shape)}")
     mask = response_mask.to(torch.bool)
     # On CPU, boolean kernels (where, masked_fill, bool*float) cost 5-20x a float multiply in this torch build,
-    # so masks are applied by multiplication and counted with count_nonzero: the loss must stay within 1.5x
-    # of verl's vanilla loss (benchmarks/bench_future_kl.py).
+    # so masks are applied by multiplication and counted with count_nonzero (benchmarks/bench_future_kl.py
+    # measures the loss against verl's vanilla loss).
     maskf = mask.to(torch.float32)
 
     log_ratio_unclamped = log_prob - old_log_prob
@@ -237,7 +237,6 @@ def fipo_policy_loss(
         if params.drop_multi_dual_clip:
             dropped_rows = dual_clipped.sum(dim=-1) > 1
             loss_mask = mask & ~dropped_rows.unsqueeze(-1)
-        positive = advantages > 0
         flat_mask = maskf.view(-1)
         sums = torch.stack(
             # Masked sums as dot products: no temporaries (allocation dominates at these sizes on CPU).
@@ -245,7 +244,6 @@ def fipo_policy_loss(
             # NaN/inf anywhere in the inputs makes one of these two sums non-finite.
             + [log_ratio_unclamped.detach().sum().float(), advantages.detach().sum().float()]
         )
-        negative_on = negative & mask
         counts = torch.stack(
             [
                 torch.count_nonzero(t)
@@ -257,24 +255,22 @@ def fipo_policy_loss(
                     (pg_losses2 > pg_losses1) & mask,
                     (raw_weight > high) & mask,
                     (raw_weight < low) & mask,
-                    (weight >= high - OFFICIAL_BOUND_TOLERANCE) & mask,
-                    (weight <= low + OFFICIAL_BOUND_TOLERANCE) & mask,
                     loss_mask,
                 )
             ]
         )
         extremes = _masked_extremes(maskf, weight, raw_weight)
         dropped = _dropped_sequences(mask, dropped_rows)
-        ratio_stats = _ratio_order_statistics(ratio_d, negative_on, positive & mask, params.clip_ratio_c)
-        values = torch.cat((sums, counts.float(), extremes, dropped, ratio_stats)).tolist()
+        values = torch.cat((sums, counts.float(), extremes, dropped)).tolist()
     if not (math.isfinite(values[4]) and math.isfinite(values[5])):
         raise NonFiniteInputError(
             _describe_nonfinite(mask, log_prob=log_prob, old_log_prob=old_log_prob, advantages=advantages)
         )
-    n_tokens, n_dropped, n_rows = int(values[6]), int(values[20]), int(values[21])
+    values += _official_host_statistics(ratio_d, weight, advantages, mask, low, high, params.clip_ratio_c)
+    n_tokens, kept_tokens, n_dropped, n_rows = int(values[6]), int(values[13]), int(values[18]), int(values[19])
     return FIPOLossOutput(
         pg_losses, loss_mask, _metrics_dict(values), weight.detach(), fkl,
-        tokens=n_tokens, kept_tokens=int(values[15]), responses=n_rows if dropped_rows is not None else 0,
+        tokens=n_tokens, kept_tokens=kept_tokens, responses=n_rows if dropped_rows is not None else 0,
         kept_responses=n_rows - n_dropped if dropped_rows is not None else 0,
     )  # fmt: skip
 
@@ -283,43 +279,39 @@ _NEG_QUANTILES = [q for side, q in OFFICIAL_IS_QUANTILES.values() if side == "ne
 _POS_QUANTILES = [q for side, q in OFFICIAL_IS_QUANTILES.values() if side == "pos"]
 
 
-def _ratio_order_statistics(ratio: torch.Tensor, neg: torch.Tensor, pos: torch.Tensor, c: float) -> torch.Tensor:
-    """The official IS diagnostics from one sort per side: [neg max, neg quantiles..., pos min, pos quantiles...,
-    pos max] of r (torch.quantile's linear interpolation; 0.0 for a side without tokens, as there), then the token
-    counts [A < 0 and r in [2, 3), [3, 4), [4, c); A > 0 and r < 1e-3]."""
+def _official_host_statistics(ratio: torch.Tensor, weight: torch.Tensor, advantages: torch.Tensor,
+                               mask: torch.Tensor, low: float, high: float, c: float) -> list[float]:
+    """The official code's counts and IS diagnostics, on the host in numpy: [final f at the upper bound, at the
+    lower bound (tolerance 1e-7); A < 0 and r in [2, 3), [3, 4), [4, c); A > 0 and r < 1e-3; neg max, neg
+    quantiles..., pos min, pos quantiles..., pos max] (torch.quantile's linear interpolation; 0.0 for a side
+    without tokens, as there). One sort per side gives the quantiles and, by searchsorted, the bin counts.
+
+    Host-side whatever the device: a (batch, length) copy is cheap next to a training step, and torch 2.13's CPU
+    sort and boolean kernels are several times slower than numpy's at these sizes (a 32k-float sort: 1.9 ms vs
+    0.05 ms). See benchmarks/bench_future_kl.py for what these diagnostics cost."""
+    r, w = ratio.cpu().numpy(), weight.detach().float().cpu().numpy()
+    on, a = mask.cpu().numpy(), advantages.detach().float().cpu().numpy()
+    at_bounds = [np.count_nonzero((w >= high - OFFICIAL_BOUND_TOLERANCE) & on),
+                 np.count_nonzero((w <= low + OFFICIAL_BOUND_TOLERANCE) & on)]
     stats, counts = [], []
-    for subset_mask, quantiles, ends in ((neg, _NEG_QUANTILES, ("max",)), (pos, _POS_QUANTILES, ("min", "max"))):
-        ordered = _sorted_subset(ratio, subset_mask)
-        n = ordered.numel()
-        if ends == ("max",):
-            # values < b are the first searchsorted(b) of the sorted ones
-            counts.append(torch.searchsorted(ordered, _like(ordered, [2.0, 3.0, 4.0, max(c, 4.0)])).diff())
+    for subset_mask, quantiles, ends in (((a < 0) & on, _NEG_QUANTILES, ("max",)),
+                                         ((a > 0) & on, _POS_QUANTILES, ("min", "max"))):
+        ordered = np.sort(r[subset_mask])
+        n = ordered.size
+        if ends == ("max",):  # values < b are the first searchsorted(b) of the sorted ones
+            counts += np.diff(np.searchsorted(ordered, [2.0, 3.0, 4.0, max(c, 4.0)])).tolist()
         else:
-            counts.append(torch.searchsorted(ordered, _like(ordered, [OFFICIAL_MINI_RATIO])))
+            counts.append(int(np.searchsorted(ordered, OFFICIAL_MINI_RATIO)))
         if n == 0:
-            stats.append(torch.zeros(len(ends) + len(quantiles)))
+            stats += [0.0] * (len(ends) + len(quantiles))
             continue
         # torch.quantile(x, q, interpolation="linear"): position h = (n - 1) q between its two neighbours
-        h = [q * (n - 1) for q in quantiles]
-        lo = [math.floor(x) for x in h]
-        hi = [min(i + 1, n - 1) for i in lo]
-        q = torch.lerp(ordered[lo], ordered[hi], _like(ordered, [x - i for x, i in zip(h, lo)]))
-        first, last = ordered[:1], ordered[-1:]
-        stats.append(torch.cat((last, q)) if ends == ("max",) else torch.cat((first, q, last)))
-    return torch.cat([t.float().cpu() for t in stats + counts]).to(ratio.device)
-
-
-def _like(t: torch.Tensor, values: list[float]) -> torch.Tensor:
-    return torch.tensor(values, dtype=t.dtype, device=t.device)
-
-
-def _sorted_subset(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """values[mask], sorted ascending."""
-    if values.device.type == "cpu":
-        # torch 2.13's CPU sort is ~30x slower than numpy's at these sizes (32k floats: 1.9 ms vs 0.05 ms), and
-        # its boolean indexing ~4x slower: this keeps the loss within 1.5x of vanilla (bench_future_kl.py).
-        return torch.from_numpy(np.sort(values.numpy()[mask.numpy()]))
-    return torch.sort(values[mask]).values
+        h = np.asarray(quantiles) * (n - 1)
+        lo = np.floor(h).astype(np.int64)
+        q = ordered[lo] + (h - lo) * (ordered[np.minimum(lo + 1, n - 1)] - ordered[lo])
+        first, last = float(ordered[0]), float(ordered[-1])
+        stats += [last, *q.tolist()] if ends == ("max",) else [first, *q.tolist(), last]
+    return [float(x) for x in at_bounds + counts] + stats
 
 
 _FLOAT32_MAX = torch.finfo(torch.float32).max
@@ -349,9 +341,9 @@ def _metrics_dict(values: list[float]) -> dict[str, float]:
     """Turn the single host transfer into verl-style metrics. Means use verl's convention:
     sum / (count + 1e-8), so an empty micro-batch gives 0 rather than NaN."""
     (lr_s, w_s, raw_s, fkl_s, _probe_lr, _probe_adv,
-     n, kept, unsafe, dual, clipped, raw_above, raw_below, at_upper, at_lower, n_loss,
-     w_max, raw_max, w_min, raw_min, n_dropped, n_rows, *ratio_stats) = values  # fmt: skip
-    *ratio_stats, neg_2_3, neg_3_4, neg_4_c, pos_mini = ratio_stats
+     n, kept, unsafe, dual, clipped, raw_above, raw_below, n_loss,
+     w_max, raw_max, w_min, raw_min, n_dropped, n_rows,
+     at_upper, at_lower, neg_2_3, neg_3_4, neg_4_c, pos_mini, *ratio_stats) = values  # fmt: skip
     denom = n + 1e-8
     metrics = {
         "actor/pg_clipfrac": clipped / denom,
