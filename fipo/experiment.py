@@ -123,6 +123,9 @@ class FIPOSpec:
     drop_multi_dual_clip: bool = False
     chunk_size: int = 32
     dump_every: int = 0  # per-token dumps every N loss calls per worker (0: off)
+    # FIPO updated on-policy (one update per rollout batch, or verl's bypass_mode) has f = 1 everywhere: it is
+    # DAPO. Refused unless this says it is meant (a control run, a test of the plumbing).
+    allow_on_policy: bool = False
 
 
 @dataclass(frozen=True)
@@ -635,6 +638,8 @@ def _validate_values(exp: Experiment, where: str, origins: Optional[Origins] = N
         need(timeout > 0, "trainer.timeout_s", f"must be > 0 or null (no limit), got {timeout}")
     for key in ("total_training_steps", "nnodes", "n_gpus_per_node"):
         need(getattr(exp.trainer, key) >= 1, f"trainer.{key}", "must be >= 1")
+    if exp.policy.loss == "fipo" and not f.allow_on_policy:
+        _refuse_on_policy_fipo(exp, need)
     if exp.policy.loss == "fipo":
         # The loss validates the knobs once more with its own rules; surface its message here, early.
         from fipo.loss import FIPOParams
@@ -646,6 +651,30 @@ def _validate_values(exp: Experiment, where: str, origins: Optional[Origins] = N
             )
         except ValueError as e:
             raise SpecError(f"{where}: {e}") from None
+
+
+ON_POLICY_HINT = ("; set fipo.allow_on_policy: true to run it anyway (e.g. as a control that must equal DAPO)")
+
+
+def _refuse_on_policy_fipo(exp: Experiment, need) -> None:
+    """FIPO's weights come from log pi - log pi_old over a response's future. With one PPO update per rollout batch
+    the policy has not moved when the loss runs (log pi = log pi_old), and under verl's bypass_mode pi_old is the
+    rollout engine's: either way Future-KL measures nothing FIPO means and f = 1 (or engine noise)."""
+    p, d = exp.policy, exp.data
+    need(
+        not (p.ppo_mini_batch_size == d.train_batch_size and p.ppo_epochs == 1),
+        "policy.ppo_mini_batch_size",
+        f"= data.train_batch_size ({d.train_batch_size}) with ppo_epochs 1: one on-policy update per step, where "
+        "log pi = log pi_old, so Delta logp = 0, Future-KL = 0 and f = 1 on every token: this FIPO run is DAPO. "
+        "Use a smaller mini-batch (Table 2: 8 or 16 updates per step) or ppo_epochs > 1" + ON_POLICY_HINT,
+        "data.train_batch_size", "policy.ppo_epochs",
+    )
+    bypass = [k for k, v in exp.engine.items() if k.endswith("rollout_correction.bypass_mode") and v]
+    need(
+        not bypass, f"engine.{bypass[0]}" if bypass else "engine",
+        "is on: the old log-probs are the rollout engine's, so Future-KL would measure the mismatch between the "
+        "rollout engine and the trainer, not the policy update FIPO weighs" + ON_POLICY_HINT,
+    )
 
 
 def load_experiment(preset: str, name: str, config_dir: Path = CONFIG_DIR) -> Experiment:

@@ -255,6 +255,7 @@ def spec_fingerprint(exp, extra_overrides: list[str], version: str) -> str:
     version), without reading its inputs: cheap enough for the pipeline's DAG, whose train jobs rerun when it
     changes (Snakemake's params trigger; changed inputs it sees by itself)."""
     spec = {k: v for k, v in dataclasses.asdict(exp).items() if k != "description"}  # prose computes nothing
+    spec["fipo"].pop("allow_on_policy", None)  # decides whether a spec is accepted, not what a run computes
     return digest_of({"experiment": spec, "overrides": list(extra_overrides), "project_version": version})
 
 

@@ -297,3 +297,42 @@ def test_nan_written_as_yaml_is_refused(config_copy):
 def test_a_null_timeout_is_still_allowed(config_copy):
     edit_preset(config_copy, "tiny", lambda d: d["defaults"]["trainer"].update(timeout_s=None))
     assert all(exp.trainer.timeout_s is None for exp in load_all("tiny", config_dir=config_copy))
+
+
+def _on_policy(d):
+    d["experiments"]["fipo"].setdefault("set", {})["policy"] = {"ppo_mini_batch_size": 512}
+
+
+def _bypass(d):
+    d["defaults"]["engine"]["algorithm"] = {"rollout_correction": {"bypass_mode": True}}
+
+
+@pytest.mark.parametrize("edit, key", [(_on_policy, "policy.ppo_mini_batch_size"),
+                                       (_bypass, "engine.algorithm.rollout_correction.bypass_mode")])
+def test_on_policy_fipo_is_refused_unless_asked_for(config_copy, edit, key):
+    """One update per rollout batch (or bypass_mode): f = 1 everywhere, FIPO would silently be DAPO."""
+    edit_preset(config_copy, "qwen2.5-32b", edit)
+    with pytest.raises(SpecError, match=rf"{re.escape(key)}.*(DAPO|rollout engine).*fipo.allow_on_policy: true"):
+        load_experiment("qwen2.5-32b", "fipo", config_dir=config_copy)
+    assert load_experiment("qwen2.5-32b", "dapo", config_dir=config_copy)  # DAPO is on-policy by design: fine
+
+    def allow(d):
+        d["experiments"]["fipo"].setdefault("set", {}).setdefault("fipo", {})["allow_on_policy"] = True
+
+    allowed = config_copy.parent / "allowed"  # another folder: presets are cached per folder within a process
+    shutil.copytree(config_copy, allowed)
+    edit_preset(allowed, "qwen2.5-32b", allow)
+    exp = load_experiment("qwen2.5-32b", "fipo", config_dir=allowed)
+    assert exp.fipo.allow_on_policy
+
+
+def test_allowing_on_policy_does_not_change_a_runs_fingerprint(config_copy):
+    from fipo.run_folder import spec_fingerprint
+
+    before = spec_fingerprint(load_experiment("qwen2.5-32b", "fipo", config_dir=config_copy), [], "v")
+    allowed = config_copy.parent / "allowed"
+    shutil.copytree(config_copy, allowed)
+    edit_preset(allowed, "qwen2.5-32b",
+                lambda d: d["experiments"]["fipo"].setdefault("set", {}).setdefault("fipo", {}).update(allow_on_policy=True))
+    exp = load_experiment("qwen2.5-32b", "fipo", config_dir=allowed)
+    assert exp.fipo.allow_on_policy and spec_fingerprint(exp, [], "v") == before
