@@ -158,6 +158,10 @@ class TrainerSpec:
     # verl's rollout dumps (every response of every step, decoded): the length quantiles of Figures 3 and 8.
     # About 0.3 GB per step at 32B scale (8192 responses of ~10k tokens); false saves the disk.
     rollout_dump: bool = True
+    # verl's experiment trackers (trainer.logger), project trainer.project_name, run <preset>-<experiment>. "file"
+    # is required: metrics.jsonl is what the figures read. tensorboard writes to the run folder's tensorboard/.
+    # Not part of a run's fingerprint: where the curves also go does not change what the run computes.
+    loggers: list[str] = field(default_factory=lambda: ["console", "file"])
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,9 @@ class EvaluationSpec:
     scorer: str = "math_dapo"  # fipo.eval.scoring: math_dapo (verl 0.9.1), math_dapo_strict (the official recipe's)
     cons_unanswered: str = "vote"  # Cons@n: samples without an answer vote as one class (verl's maj@N) or abstain
 
+
+# verl 0.9.1's trackers (verl.utils.tracking.Tracking) that this project passes through and documents
+LOGGERS = ("console", "file", "tensorboard", "wandb", "mlflow", "swanlab")
 
 EVAL_CHOICES = {"benchmarks": BENCHMARKS, "checkpoint": SELECTIONS, "backend": BACKENDS, "scorer": SCORERS,
                 "cons_unanswered": UNANSWERED_RULES}
@@ -638,6 +645,11 @@ def _validate_values(exp: Experiment, where: str, origins: Optional[Origins] = N
         need(timeout > 0, "trainer.timeout_s", f"must be > 0 or null (no limit), got {timeout}")
     for key in ("total_training_steps", "nnodes", "n_gpus_per_node"):
         need(getattr(exp.trainer, key) >= 1, f"trainer.{key}", "must be >= 1")
+    loggers = exp.trainer.loggers
+    bad = [x for x in loggers if x not in LOGGERS]
+    need(not bad, "trainer.loggers", f"unknown logger(s) {bad}; allowed: {', '.join(LOGGERS)}")
+    need("file" in loggers, "trainer.loggers", "must include 'file': metrics.jsonl is what the figures read")
+    need(len(set(loggers)) == len(loggers), "trainer.loggers", f"a logger is listed twice: {loggers}")
     if exp.policy.loss == "fipo" and not f.allow_on_policy:
         _refuse_on_policy_fipo(exp, need)
     if exp.policy.loss == "fipo":

@@ -68,6 +68,11 @@ class RunFolder:
         return self.run_dir / "token_dump.jsonl"
 
     @property
+    def tensorboard(self) -> Path:
+        """verl's tensorboard logger's event files (TENSORBOARD_DIR), when trainer.loggers names it."""
+        return self.run_dir / "tensorboard"
+
+    @property
     def rollouts(self) -> Path:
         """verl's own rollout dumps (``trainer.rollout_data_dir``): one ``<step>.jsonl`` of decoded responses."""
         return self.run_dir / "rollouts"
@@ -256,6 +261,7 @@ def spec_fingerprint(exp, extra_overrides: list[str], version: str) -> str:
     changes (Snakemake's params trigger; changed inputs it sees by itself)."""
     spec = {k: v for k, v in dataclasses.asdict(exp).items() if k != "description"}  # prose computes nothing
     spec["fipo"].pop("allow_on_policy", None)  # decides whether a spec is accepted, not what a run computes
+    spec["trainer"].pop("loggers", None)  # where the curves also go, not what the run computes
     return digest_of({"experiment": spec, "overrides": list(extra_overrides), "project_version": version})
 
 

@@ -79,6 +79,9 @@ def render(items: list[tuple[str, Any]]) -> list[str]:
 
 # Where a run lies and which Ray cluster it joins do not change what it computes: kept out of its fingerprint.
 MACHINE_KEYS = ("+ray_kwargs.ray_init.address",)
+# Where a run's curves also go does not change what it computes: its identity always records verl's default pair,
+# whatever trackers are chosen (which also keeps the fingerprints of runs made before trackers were selectable).
+IDENTITY_LOGGERS = ["console", "file"]
 
 
 def portable_overrides(exp: Experiment, extra: list[str] = ()) -> list[str]:
@@ -98,6 +101,7 @@ def portable_overrides(exp: Experiment, extra: list[str] = ()) -> list[str]:
             return [portable(v) for v in value]
         return value
 
+    items = [(key, IDENTITY_LOGGERS if key == "trainer.logger" else value) for key, value in items]
     return [f"{key}={portable(value)!r}" for key, value in items if key not in MACHINE_KEYS] + list(extra)
 
 
@@ -161,7 +165,7 @@ def verl_items(
         ("+reward.reward_kwargs.overlong_buffer_cfg.log", False),
         ("+reward.reward_kwargs.max_resp_len", exp.data.max_response_length),
         # trainer: metrics to console + JSONL (path via VERL_FILE_LOGGER_PATH), checkpoints, resume
-        ("trainer.logger", ["console", "file"]),
+        ("trainer.logger", list(exp.trainer.loggers)),
         ("trainer.project_name", exp.trainer.project_name),
         ("trainer.experiment_name", exp.run_id),
         ("trainer.nnodes", exp.trainer.nnodes),
@@ -199,6 +203,8 @@ def verl_items(
 def verl_environment(run: RunFolder, exp: Experiment, metrics_path: Path | None = None) -> dict[str, str]:
     """Environment of the verl driver: where its `file` logger writes, and for CPU runs the CPU support."""
     env = {"VERL_FILE_LOGGER_PATH": str(metrics_path or run.metrics)}
+    if "tensorboard" in exp.trainer.loggers:
+        env["TENSORBOARD_DIR"] = str(run.tensorboard)
     if exp.trainer.device == "cpu":
         from fipo.integrations.verl_cpu import cpu_environment
 

@@ -149,13 +149,15 @@ def test_snakefmt_is_clean():
 
 def test_every_rule_names_the_environment_yml_environment_and_sdm_conda_runs_its_python(tmp_path):
     """Rules name the conda environment environment.yml creates (by name: Snakemake copies an environment *file*
-    under .snakemake/conda/, where its `-e .` would not resolve). Under --sdm conda the commands run that
-    environment's python, otherwise the interpreter Snakemake runs on. (Conda itself is not on this machine.)"""
+    under .snakemake/conda/, where its `-e .` would not resolve), under --sdm conda only (a named environment is
+    otherwise still exported for each job's metadata, which fails without conda: the smoke run checks that).
+    Under --sdm conda the commands run that environment's python, otherwise the interpreter Snakemake runs on.
+    (Conda itself is not on this machine.)"""
     rules = {p.name: p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk") if p.name != "common.smk"}
     for name, text in rules.items():
         for block in text.split("\nrule ")[1:]:
             if "    shell:" in block:  # a rule that runs something (target rules only collect inputs)
-                assert "    conda:\n        CONDA_ENV" in block, (name, block.split(":")[0])
+                assert "    conda:\n        conda_env" in block, (name, block.split(":")[0])
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert 'CONDA_ENV = "' + environment["name"] + '"' in (ROOT / "workflow" / "rules" / "common.smk").read_text()
     def interpreters(*args):
@@ -415,6 +417,26 @@ def test_token_dumps_hold_the_ids_and_step_of_responses_the_rollout_dumps_show(s
         rollouts = [json.loads(line) for line in (run / "rollouts" / f"{int(dumped['global_step'])}.jsonl").open()]
         same_group = [r["output"] for r in rollouts if r["uid"].startswith(dumped["uid"] + "_")]
         assert text in same_group, (text, same_group[:3])
+
+
+@pytest.mark.slow
+def test_tensorboard_event_files_hold_what_the_figures_read(smoke):
+    """The tiny preset also logs to TensorBoard (trainer.loggers), offline, in the run folder: the same values
+    as metrics.jsonl for the metrics the figures use."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fipo.run_folder import read_steps
+
+    runs = smoke["results"] / "tiny" / "runs"
+    run = next(runs / e for e in ("fipo", "fipo-tau8") if runs / e != smoke["victim"])  # one attempt: one event file
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    steps = read_steps(run / "metrics.jsonl")
+    for metric in TRAINING_METRICS + FIPO_METRICS:
+        logged = {e.step: e.value for e in events.Scalars(metric)}
+        expected = {step: data[metric] for step, data in steps.items() if metric in data}
+        assert logged.keys() == expected.keys(), metric
+        assert all(logged[s] == pytest.approx(v, rel=1e-6, abs=1e-7) for s, v in expected.items()), metric
 
 
 @pytest.mark.slow

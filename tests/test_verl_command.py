@@ -171,3 +171,43 @@ def test_portable_overrides_ignore_where_a_run_lies_but_not_what_it_computes():
     rendered = verl_overrides(fipo, data_dir=Path("/a/data"), run=RunFolder(Path("/a/r/tiny/runs/fipo")),
                               results_dir=Path("/a/r"), ray_address="10.0.0.1:6379")
     assert len(rendered) == len(portable) + 1  # the same keys, but the Ray address (machine-specific)
+
+
+def test_trackers_are_selectable_and_do_not_change_a_runs_identity(tmp_path):
+    import dataclasses
+
+    from fipo.experiment import load_experiment
+    from fipo.run_folder import RunFolder, spec_fingerprint
+    from fipo.verl_command import portable_overrides, verl_environment, verl_items
+
+    tracked = load_experiment("tiny", "fipo")  # the tiny preset logs to TensorBoard too
+    assert tracked.trainer.loggers == ["console", "file", "tensorboard"]
+    exp = dataclasses.replace(tracked, trainer=dataclasses.replace(tracked.trainer, loggers=["console", "file"]))
+    run = RunFolder(tmp_path / "run")
+    items = dict(verl_items(tracked, data_dir=tmp_path, run=run, results_dir=tmp_path))
+    assert items["trainer.logger"] == ["console", "file", "tensorboard"]
+    assert items["trainer.project_name"] == exp.trainer.project_name and items["trainer.experiment_name"] == exp.run_id
+    assert verl_environment(run, tracked)["TENSORBOARD_DIR"] == str(run.tensorboard)
+    assert "TENSORBOARD_DIR" not in verl_environment(run, exp)
+    assert portable_overrides(tracked) == portable_overrides(exp)
+    assert spec_fingerprint(tracked, [], "v") == spec_fingerprint(exp, [], "v")
+
+
+@pytest.mark.parametrize("loggers, message", [(["console"], "must include 'file'"),
+                                               (["file", "neptune"], r"unknown logger\(s\) \['neptune'\]"),
+                                               (["file", "file"], "listed twice")])
+def test_bad_tracker_lists_are_refused_naming_the_key(tmp_path, loggers, message):
+    import shutil
+
+    import yaml
+
+    from fipo.experiment import CONFIG_DIR, SpecError, load_experiment
+
+    config = tmp_path / "config"
+    shutil.copytree(CONFIG_DIR, config)
+    preset = config / "presets" / "tiny.yaml"
+    data = yaml.safe_load(preset.read_text())
+    data["defaults"].setdefault("trainer", {})["loggers"] = loggers
+    preset.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=rf"trainer.loggers: .*{message}"):
+        load_experiment("tiny", "fipo", config_dir=config)

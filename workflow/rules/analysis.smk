@@ -19,7 +19,7 @@ rule figure:
     wildcard_constraints:
         artifact="fig[0-9]+|influence",
     conda:
-        CONDA_ENV
+        conda_env
     params:
         cmd=papermill,
         caption=artifact_caption,
@@ -44,7 +44,7 @@ rule table:
     wildcard_constraints:
         artifact="table[0-9]+",
     conda:
-        CONDA_ENV
+        conda_env
     params:
         cmd=papermill,
         caption=artifact_caption,
@@ -62,7 +62,7 @@ rule index:
     log:
         f"{RESULTS}/logs/{PRESET}/notebooks/index.log",
     conda:
-        CONDA_ENV
+        conda_env
     params:
         cmd=lambda wildcards, output: shell_line(
             PYTHON,

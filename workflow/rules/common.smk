@@ -76,7 +76,16 @@ DATA = os.path.normpath(config["data_dir"])
 # (made once from environment.yml; named, so nothing is copied or built under .snakemake/conda/) in each job,
 # and the rules run that environment's `python`.
 CONDA_ENV = "fipo-workbench"
-PYTHON = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+PYTHON = "python" if USE_CONDA else sys.executable
+
+
+def conda_env(wildcards):
+    """The rules' `conda:`. Only under --sdm conda: otherwise Snakemake would still ask conda to export a named
+    environment for every job's metadata, and fail where conda is not installed."""
+    return CONDA_ENV if USE_CONDA else None
+
+
 VERSION = project_version()
 
 

@@ -7,7 +7,7 @@ rule tiny_data:
     log:
         f"{RESULTS}/logs/data/tiny.log",
     conda:
-        CONDA_ENV
+        conda_env
     params:
         cmd=cli("data", "tiny", "--data-dir", DATA),
     shell:
@@ -23,7 +23,7 @@ rule aime_data:
     log:
         f"{RESULTS}/logs/data/aime.log",
     conda:
-        CONDA_ENV
+        conda_env
     params:
         cmd=cli("data", "aime", "--data-dir", DATA),
     shell:
@@ -36,7 +36,7 @@ rule dapo_data:
     log:
         f"{RESULTS}/logs/data/dapo-math-17k.log",
     conda:
-        CONDA_ENV
+        conda_env
     params:
         cmd=cli(
             "data",
@@ -58,7 +58,7 @@ rule tiny_model:
     benchmark:
         f"{RESULTS}/benchmarks/tiny_model.tsv"
     conda:
-        CONDA_ENV
+        conda_env
     threads: workflow.cores
     params:
         cmd=cli("tiny-model", "--results-dir", RESULTS),

@@ -13,7 +13,7 @@ rule evaluate:
     benchmark:
         f"{RESULTS}/benchmarks/{{preset}}/eval/{{experiment}}-{{benchmark}}.tsv"
     conda:
-        CONDA_ENV
+        conda_env
     threads: lambda wildcards: 1 if EVAL.backend == "vllm" else workflow.cores
     resources:
         gpu=lambda wildcards: EVAL.tensor_parallel_size if EVAL.backend == "vllm" else 0,

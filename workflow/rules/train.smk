@@ -14,7 +14,7 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/{{preset}}/train/{{experiment}}.tsv"
     conda:
-        CONDA_ENV
+        conda_env
     # CPU runs take every core: two verl runs side by side on 2 cores are slower than one after the other.
     threads: lambda wildcards: workflow.cores if SPECS[wildcards.experiment].trainer.device == "cpu" else 1
     resources:
@@ -39,7 +39,7 @@ rule lengths:
     log:
         f"{RESULTS}/logs/{{preset}}/lengths/{{experiment}}.log",
     conda:
-        CONDA_ENV
+        conda_env
     params:
         cmd=lambda wildcards, output: cli(
             "lengths",
@@ -65,7 +65,7 @@ rule convert:
     log:
         f"{RESULTS}/logs/{{preset}}/convert/{{experiment}}.log",
     conda:
-        CONDA_ENV
+        conda_env
     params:
         cmd=lambda wildcards, output: cli(
             "convert",
