@@ -105,6 +105,12 @@ OFFICIAL_IS_QUANTILES = {  # name -> quantile of r over the tokens with A < 0 (n
     "actor/pos_is_p995": ("pos", 0.995),
     "actor/pos_is_p999": ("pos", 0.999),
 }
+_NEG_NAMES = [k for k, (side, _) in OFFICIAL_IS_QUANTILES.items() if side == "neg"]
+_POS_NAMES = [k for k, (side, _) in OFFICIAL_IS_QUANTILES.items() if side == "pos"]
+_NEG_QUANTILES = [OFFICIAL_IS_QUANTILES[k][1] for k in _NEG_NAMES]
+_POS_QUANTILES = [OFFICIAL_IS_QUANTILES[k][1] for k in _POS_NAMES]
+# the order _official_host_statistics returns them in
+_ORDER_STATISTIC_NAMES = ["actor/neg_is_max", *_NEG_NAMES, "actor/pos_is_min", *_POS_NAMES, "actor/pos_is_max"]
 # The official code's tolerance when it counts influence weights at a bound.
 OFFICIAL_BOUND_TOLERANCE = 1e-7
 # r below this on a positive-advantage token: "extremely small IS" (official actor/pos_mini_frac).
@@ -129,9 +135,9 @@ METRIC_NAMES = (
     "actor/neg_ratio_3_4",  # ... r in [3, 4)
     "actor/neg_ratio_4_10",  # ... r in [4, c) (c = clip_ratio_c, whatever its value)
     "actor/neg_is_max",  # max of r over A < 0 tokens (0.0 if none)
-    *[k for k, (side, _) in OFFICIAL_IS_QUANTILES.items() if side == "neg"],
+    *_NEG_NAMES,
     "actor/pos_is_min",  # min of r over A > 0 tokens (0.0 if none)
-    *[k for k, (side, _) in OFFICIAL_IS_QUANTILES.items() if side == "pos"],
+    *_POS_NAMES,
     "actor/pos_is_max",
     "actor/pos_mini_frac",  # share of response tokens with A > 0 and r < 1e-3
     # this loss only
@@ -275,8 +281,6 @@ def fipo_policy_loss(
     )  # fmt: skip
 
 
-_NEG_QUANTILES = [q for side, q in OFFICIAL_IS_QUANTILES.values() if side == "neg"]
-_POS_QUANTILES = [q for side, q in OFFICIAL_IS_QUANTILES.values() if side == "pos"]
 
 
 def _official_host_statistics(ratio: torch.Tensor, weight: torch.Tensor, advantages: torch.Tensor,
@@ -370,18 +374,13 @@ def _metrics_dict(values: list[float]) -> dict[str, float]:
         "actor/fipo_dropped_seq_frac": n_dropped / (n_rows + 1e-8),
         "actor/fipo_kept_token_frac": n_loss / denom if n else 1.0,
     }
-    order_names = ["actor/neg_is_max", *_names("neg"), "actor/pos_is_min", *_names("pos"), "actor/pos_is_max"]
-    metrics.update(zip(order_names, ratio_stats))
+    metrics.update(zip(_ORDER_STATISTIC_NAMES, ratio_stats))
     if n == 0:
         # No response token in this micro-batch: report the neutral weight, not the padding sentinels (the
         # official code would fail on .min() of an empty tensor here).
         for key in ("influence_weights", "raw_influence_weights"):
             metrics[f"actor/{key}_min"] = metrics[f"actor/{key}_max"] = 1.0
     return {name: metrics[name] for name in METRIC_NAMES}
-
-
-def _names(side: str) -> list[str]:
-    return [k for k, (s, _) in OFFICIAL_IS_QUANTILES.items() if s == side]
 
 
 def _describe_nonfinite(mask: torch.Tensor, **tensors: torch.Tensor) -> str:
