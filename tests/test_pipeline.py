@@ -346,11 +346,10 @@ def test_snakemake_report_holds_every_figure_and_table_with_its_caption(smoke, t
 
 def run_notebook(path, cwd, **parameters):
     """Run all cells as JupyterLab does (the kernel starts in ``cwd``); papermill injects ``parameters``."""
-    import papermill
+    from fipo.analysis.execute import execute
 
     out = Path(cwd) / f"rerun-{Path(path).name}"
-    papermill.execute_notebook(str(path), str(out), parameters=parameters, cwd=str(cwd), kernel_name="python3",
-                               progress_bar=False)
+    execute(path, out, parameters, cwd=cwd)
     return json.loads(out.read_text())
 
 
@@ -507,9 +506,9 @@ def test_a_notebook_without_a_needed_metric_fails_naming_run_and_metric(smoke, t
             for record in lines:
                 record["data"].pop("actor/influence_weights_mean", None)
         target.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    out = subprocess.run([sys.executable, "-m", "papermill", "--kernel", "python3", str(ROOT / "notebooks" / "fig09.ipynb"),
-                          str(tmp_path / "fig09.ipynb"), "-p", "preset", "tiny", "-p", "results_dir", str(results),
-                          "-p", "out_dir", str(tmp_path / "figures")], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "fipo.analysis.execute", str(ROOT / "notebooks" / "fig09.ipynb"),
+                          str(tmp_path / "fig09.ipynb"), "-r", "preset", "tiny", "-r", "results_dir", str(results),
+                          "-r", "out_dir", str(tmp_path / "figures")], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "run tiny/fipo-raw has no metric 'actor/influence_weights_mean' needed by fig09" in out.stderr
     assert not (tmp_path / "figures").exists()  # no partial output
@@ -547,7 +546,7 @@ FAULT_KINDS = {  # job kind -> its process's command line
     "convert": " -m fipo convert ",
     "lengths": " -m fipo lengths ",
     "evaluate": " -m fipo eval ",
-    "notebook": " -m papermill ",
+    "notebook": " -m fipo.analysis.execute ",
     "index": "notebooks/index.ipynb",
 }
 

@@ -1,6 +1,7 @@
-# One papermill-executed notebook per figure and table (notebooks/<id>.ipynb), the executed copy kept beside
-# its outputs; then the index page. Targets: `figures`, `tables`, one per artifact (`fig03`, `table5`, ...),
-# and one per ablation family of the preset (`ablation_tau`, ...).
+# One papermill-executed notebook per figure and table (notebooks/<id>.ipynb; fipo/analysis/execute.py runs
+# papermill on a kernel reached over Unix sockets), the executed copy kept beside its outputs; then the index
+# page. Targets: `figures`, `tables`, one per artifact (`fig03`, `table5`, ...), and one per ablation family of
+# the preset (`ablation_tau`, ...).
 
 
 rule figure:
@@ -67,10 +68,7 @@ rule index:
         cmd=lambda wildcards, output: shell_line(
             PYTHON,
             "-m",
-            "papermill",
-            "--kernel",
-            "python3",
-            "--log-output",
+            "fipo.analysis.execute",
             "notebooks/index.ipynb",
             output.notebook,
             "-r",

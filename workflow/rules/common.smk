@@ -275,10 +275,7 @@ def papermill(wildcards, input, output):
     return shell_line(
         PYTHON,
         "-m",
-        "papermill",
-        "--kernel",
-        "python3",
-        "--log-output",
+        "fipo.analysis.execute",
         notebook,
         output[-1],
         "-r",
