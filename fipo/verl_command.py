@@ -192,7 +192,7 @@ def verl_items(
     if ray_address:
         items.append(("+ray_kwargs.ray_init.address", ray_address))
     if exp.trainer.device == "cpu":
-        from fipo.integrations.verl_cpu import sampler_overrides
+        from fipo.integrations.cpu_run import sampler_overrides
 
         metric = exp.algorithm.filter_metric if exp.algorithm.filter_groups else None
         items += sampler_overrides(metric, exp.data.train_batch_size, exp.data.gen_batch_size).items()
@@ -206,7 +206,7 @@ def verl_environment(run: RunFolder, exp: Experiment, metrics_path: Path | None 
     if "tensorboard" in exp.trainer.loggers:
         env["TENSORBOARD_DIR"] = str(run.tensorboard)
     if exp.trainer.device == "cpu":
-        from fipo.integrations.verl_cpu import cpu_environment
+        from fipo.integrations.cpu_run import cpu_environment
 
         env.update(cpu_environment())
     return env

@@ -112,3 +112,24 @@ def test_module_is_the_only_place_touching_verl_private_names():
         if p.name != "verl_cpu.py" and ("_ROLLOUT_REGISTRY" in p.read_text() or "init_process_group" in p.read_text())
     ]
     assert offenders == []
+
+
+def test_the_values_fipo_train_hands_verl_name_this_module_and_need_no_verl_import():
+    """`fipo train` builds a CPU run's environment and sampler keys without importing verl (4 s on 2 cores that
+    every run's driver pays again), and what they name is what this module defines."""
+    import subprocess
+    import sys
+
+    from fipo.integrations import cpu_run
+
+    assert cpu_run.CPU_SUPPORT_MODULE == verl_cpu.__name__
+    assert getattr(verl_cpu, cpu_run.QUICK_POLL_SAMPLER) is verl_cpu.QuickPollReplayBuffer
+    keys = cpu_run.sampler_overrides("acc", 16, None)
+    assert keys["trainer.v1.sampler.custom_sampler.path"] == f"pkg://{verl_cpu.__name__}"
+    code = ("import sys\nfrom fipo.experiment import load_experiment\nfrom fipo.verl_command import verl_overrides, "
+            "verl_environment\nfrom fipo.run_folder import run_folder\nexp = load_experiment('tiny', 'fipo')\n"
+            "run = run_folder('/tmp/r', 'tiny', 'fipo')\nverl_overrides(exp, data_dir='/tmp/d', run=run, results_dir='/tmp/r')\n"
+            "verl_environment(run, exp)\nprint(sorted(m for m in ('verl', 'ray', 'tensordict') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

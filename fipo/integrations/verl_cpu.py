@@ -9,8 +9,8 @@ train without a GPU. This module fills both gaps through verl's own hooks, for l
   that copies the FSDP2 actor's full weights into that actor on every weight sync.
 
 It is loaded only when a run asks for it (``VERL_USE_EXTERNAL_MODULES=fipo.integrations.verl_cpu``, set by
-:func:`cpu_environment`), in the driver and in every Ray worker. Every contact with verl internals that have
-no public hook lives here and nowhere else:
+:func:`fipo.integrations.cpu_run.cpu_environment`), in the driver and in every Ray worker. Every contact with
+verl internals that have no public hook lives here and nowhere else:
 
 1. ``verl.workers.rollout.base._ROLLOUT_REGISTRY`` — a private dict with no register function;
 2. verl's process-group init asks for ``cpu:gloo,<device>:<backend>``, which on a CPU platform names the cpu
@@ -40,6 +40,9 @@ from verl.plugin.platform import PlatformBase, PlatformRegistry
 from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
+# The values `fipo train` hands verl live in cpu_run (no verl import there); re-exported for the tests and users.
+from fipo.integrations.cpu_run import CPU_SUPPORT_MODULE, QUICK_POLL_SAMPLER, cpu_environment, sampler_overrides  # noqa: F401
+
 SUPPORTED_VERL = "0.9.1"
 ROLLOUT_NAME = "hf"
 MODULE = __name__
@@ -49,20 +52,6 @@ if verl.__version__ != SUPPORTED_VERL:
         f"fipo's CPU support for verl touches verl internals checked against verl {SUPPORTED_VERL}; "
         f"found verl {verl.__version__}. Re-check fipo/integrations/verl_cpu.py before using this version."
     )
-
-
-def cpu_environment() -> dict[str, str]:
-    """Environment for a CPU run: load this module everywhere, pick the CPU platform and verl's FSDP engine."""
-    modules = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-    if MODULE not in modules:
-        modules.append(MODULE)
-    return {
-        "VERL_USE_EXTERNAL_MODULES": ",".join(modules),
-        "VERL_PLATFORM": "cpu",
-        # verl registers its FSDP engine for device "cuda" only; it runs on CPU tensors unchanged.
-        "VERL_ENGINE_DEVICE": "cuda",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
 
 
 # ------------------------------------------------------------------------------------------ platform
@@ -434,7 +423,7 @@ class QuickPollReplayBuffer(ReplayBuffer):
 
     verl's custom-sampler hook passes only the generic arguments; the DAPO filtering arguments that verl
     derives for its built-in buffer arrive here through ``trainer.v1.sampler.sampler_kwargs``, rendered from
-    the same experiment spec by :func:`sampler_overrides`.
+    the same experiment spec by :func:`fipo.integrations.cpu_run.sampler_overrides`.
     """
 
     def __init__(self, *, sampler_kwargs=None, **kwargs):
@@ -451,20 +440,6 @@ class QuickPollReplayBuffer(ReplayBuffer):
             max_inflight_gen_batches=int(options.pop("max_inflight_gen_batches", 1)) if metric else 1,
             **kwargs,
         )
-
-
-def sampler_overrides(
-    filter_groups_metric: Optional[str], train_batch_size: int, gen_batch_size: Optional[int], poll_interval: float = 0.05
-) -> dict[str, Any]:
-    """The verl keys that plug in :class:`QuickPollReplayBuffer` for one experiment."""
-    kwargs = {"poll_interval": poll_interval, "filter_groups_metric": filter_groups_metric, "train_batch_size": train_batch_size}
-    if gen_batch_size is not None:
-        kwargs["gen_batch_size"] = gen_batch_size
-    return {
-        "trainer.v1.sampler.custom_sampler.path": f"pkg://{MODULE}",
-        "trainer.v1.sampler.custom_sampler.name": QuickPollReplayBuffer.__name__,
-        "++trainer.v1.sampler.sampler_kwargs": kwargs,  # ++: replace the empty dict verl declares
-    }
 
 
 rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = f"{MODULE}.HFRolloutAdapter"
