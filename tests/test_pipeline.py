@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 from collections import Counter
@@ -348,7 +349,8 @@ def run_notebook(path, cwd, **parameters):
     """Run all cells as JupyterLab does (the kernel starts in ``cwd``); papermill injects ``parameters``."""
     from fipo.analysis.execute import execute
 
-    out = Path(cwd) / f"rerun-{Path(path).name}"
+    # the executed copy goes to a folder of its own: never into the source tree (cwd may be notebooks/)
+    out = Path(tempfile.mkdtemp(prefix="fipo-rerun-")) / Path(path).name
     execute(path, out, parameters, cwd=cwd)
     return json.loads(out.read_text())
 
