@@ -328,12 +328,26 @@ def list_presets(config_dir: Path = CONFIG_DIR) -> list[str]:
     return [check_name("preset", p.stem, _show(p)) for p in files]
 
 
-@lru_cache(maxsize=None)
+def _file_stamp(path: Path):
+    """What says a spec file changed: a long-lived process (a notebook kernel, a Snakemake run) rereads an
+    edited file instead of keeping the version it read first."""
+    try:
+        info = Path(path).stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
 def _load_preset(name: str, config_dir: Path) -> dict:
     """The preset file, its structure and every name in it checked: all entry points go through here, so
-    no bad name gets as far as a file path or a command line."""
+    no bad name gets as far as a file path or a command line. Parsed once per version of the file."""
     config_dir = Path(config_dir)
     check_name("preset", name, _show(config_dir / "presets"))
+    return _parse_preset(name, config_dir, _file_stamp(config_dir / "presets" / f"{name}.yaml"))
+
+
+@lru_cache(maxsize=None)
+def _parse_preset(name: str, config_dir: Path, stamp) -> dict:
     presets = list_presets(config_dir)
     if name not in presets:
         raise SpecError(f"unknown preset {name!r}; allowed: {', '.join(presets)}")
@@ -360,8 +374,12 @@ def _load_preset(name: str, config_dir: Path) -> dict:
     return data
 
 
-@lru_cache(maxsize=None)
 def _load_methods(config_dir: Path) -> dict:
+    return _parse_methods(Path(config_dir), _file_stamp(Path(config_dir) / "methods.yaml"))
+
+
+@lru_cache(maxsize=None)
+def _parse_methods(config_dir: Path, stamp) -> dict:
     path = Path(config_dir) / "methods.yaml"
     methods = _read_yaml(path)
     for method, body in methods.items():

@@ -8,7 +8,6 @@ tokens" at 32B. Derived engine settings (token budgets per GPU) are left out: th
 from __future__ import annotations
 
 from dataclasses import asdict
-from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 from fipo.experiment import _flatten, load_experiment
@@ -60,9 +59,9 @@ def format_setting(key: str, value: Any) -> str:
     return f"{key} = {_number(value)}"
 
 
-@lru_cache(maxsize=None)
 def settings(preset: str, experiment: str) -> tuple[tuple[str, Any], ...]:
-    """The run's resolved spec, flattened to (dotted key, value) pairs (lists as tuples, hashable)."""
+    """The run's resolved spec, flattened to (dotted key, value) pairs (lists as tuples, hashable). Not cached
+    here: the spec loader caches each version of a preset file, so an edited spec shows in a running kernel."""
     flat = _flatten(asdict(load_experiment(preset, experiment)))
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(flat.items()))
 
