@@ -349,6 +349,17 @@ def test_on_policy_fipo_is_refused_unless_asked_for(config_copy, edit, key):
     assert exp.fipo.allow_on_policy
 
 
+def test_a_generation_batch_that_would_stop_grpo_at_its_first_step_is_refused(config_copy):
+    """verl 0.9.1 fetches a step's prompts in whole gen_batch_size chunks when dynamic sampling is off (GRPO): a
+    generation batch written for DAPO in the preset's defaults stopped GRPO at its first step."""
+    edit_preset(config_copy, "qwen2.5-32b", lambda d: d["defaults"]["data"].update(gen_batch_size=1536))
+    with pytest.raises(SpecError, match=r"experiment 'grpo': data.gen_batch_size: 1536 without dynamic sampling: "
+                                        r"verl 0.9.1 fetches .*train_batch_size=512 .*\(set in .*qwen2.5-32b.yaml, "
+                                        r"defaults; algorithm.filter_groups set in .*methods.yaml, grpo\)$"):
+        load_experiment("qwen2.5-32b", "grpo", config_dir=config_copy)
+    assert load_experiment("qwen2.5-32b", "dapo", config_dir=config_copy).data.gen_batch_size == 1536
+
+
 def test_allowing_on_policy_does_not_change_a_runs_fingerprint(config_copy):
     from fipo.run_folder import spec_fingerprint
 

@@ -123,6 +123,29 @@ def test_fipo_updates_off_policy_and_dapo_as_its_baseline(hydra, preset):
             assert updates == {"fipo": 8, "dapo": 16}[name], (preset, name, updates)
 
 
+@pytest.mark.parametrize("preset", GPU_PRESETS)
+def test_runs_without_dynamic_sampling_get_their_prompts_from_verls_sync_trainer(hydra, preset):
+    """verl 0.9.1's v1 trainer (sync mode) keeps data.gen_batch_size when dynamic sampling is off and fetches each
+    step's train_batch_size prompts in whole gen_batch_size chunks: its own check, run on the composed config."""
+    from types import SimpleNamespace
+
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    class Fetched(Exception):
+        pass
+
+    def fetch():
+        raise Fetched  # the divisibility check passed; no data needed beyond this point
+
+    for name in list_experiments(preset):
+        cfg = compose_overrides(verl_overrides(load_experiment(preset, name), data_dir=Path("d"), run=RUN))
+        if cfg.algorithm.filter_groups.enable:
+            continue  # verl sets gen_batch_size to 1 and refills exactly
+        assert cfg.trainer.v1.trainer_mode == "sync", name
+        with pytest.raises(Fetched):
+            PPOTrainer._next_train_batch(SimpleNamespace(config=cfg, _fetch_one_gen_batch=fetch))
+
+
 def test_paper_values_of_the_key_runs(hydra):
     big = compose_overrides(verl_overrides(load_experiment("qwen2.5-32b", "fipo"), data_dir=Path("d"), run=RUN))
     assert big.actor_rollout_ref.actor.ppo_mini_batch_size == 64 and big.data.train_batch_size == 512
