@@ -273,7 +273,8 @@ def render(preset: str, estimates: list[Estimate], a: Assumptions = Assumptions(
     """A Markdown table, one row per experiment and a total, every number labelled as an estimate, then the
     assumptions."""
     exp = load_experiment(preset, estimates[0].experiment)
-    layout = f"{exp.trainer.nnodes} node(s) x {exp.trainer.n_gpus_per_node} GPUs"
+    nodes, per_node = exp.trainer.nnodes, exp.trainer.n_gpus_per_node
+    layout = f"{nodes} node{'s' if nodes > 1 else ''} x {per_node} GPU{'s' if per_node > 1 else ''}"
     lines = [f"Cost ESTIMATES for preset {preset} ({exp.model.path}, {layout}, {exp.trainer.total_training_steps} "
              "steps): computed from the assumptions below by fipo/plan.py, not measured.", ""]
     lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]

@@ -154,7 +154,7 @@ def test_the_total_sums_the_runs_and_keeps_the_largest_peak():
 def test_render_labels_every_number_as_an_estimate_and_states_the_assumptions():
     text = render("qwen2.5-math-1.5b", plan("qwen2.5-math-1.5b"))
     lines = text.splitlines()
-    assert "ESTIMATES" in lines[0] and "not measured" in lines[0] and "1 node(s) x 8 GPUs" in lines[0]
+    assert "ESTIMATES" in lines[0] and "not measured" in lines[0] and "1 node x 8 GPUs" in lines[0]
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| experiment")]
     assert [row.split(" | ")[0][2:] for row in rows] == [
         "grpo", "dapo", "fipo", "fipo-raw", "fipo-fclip-1.0-1.2", "fipo-tau8", "fipo-tau128", "fipo-tau256",
