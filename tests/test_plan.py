@@ -161,7 +161,9 @@ def test_render_labels_every_number_as_an_estimate_and_states_the_assumptions():
         "total (8 runs, one after another)"]
     assert "| 100 x 18.5 GB = 1.85 TB |" in rows[0]  # 1000 steps / save_freq 10, 12 bytes x 1.54e9 parameters
     assert "Qwen/Qwen2.5-Math-1.5B: N = 1,543,714,304" in text and "(assumed)" in text
-    assert "keeps 0.5 of the groups" in text
+    assert "keeps 0.5 of the groups" in text and "over the GPU's" not in text
+    small = Assumptions(gpu_memory_gib=10.0)  # 0.5B: 7.4 GiB of states + half of 10 GiB for vLLM
+    assert "| 12.4 GiB (over the GPU's) |" in render("qwen2.5-0.5b", plan("qwen2.5-0.5b", ["fipo"], small), small)
 
 
 def fipo(*args):
