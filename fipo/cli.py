@@ -163,6 +163,38 @@ def cmd_tables(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from fipo.plan import Assumptions, plan, render, with_overrides
+
+    assumptions = with_overrides(Assumptions(), response_fraction=args.response_fraction,
+                                 keep_fraction=args.keep_fraction, mfu=args.mfu,
+                                 decode_tokens_per_s=args.decode_tokens_per_s, gpu_memory_gib=args.gpu_memory_gib)
+    estimates = plan(args.preset, [args.experiment] if args.experiment else None, assumptions)
+    print(render(args.preset, estimates, assumptions), end="")
+    return 0
+
+
+def fraction(text: str) -> float:
+    """A share in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     """A wall-clock limit: a finite number of seconds > 0 (0, negative values and nan are refused)."""
     try:
@@ -248,6 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--out", type=Path, help="CSV path (default: <run>/length_stats.csv)")
     p.set_defaults(func=cmd_lengths)
+
+    p = sub.add_parser("plan", help="estimate GPU-hours, tokens, peak memory per GPU and disk of a preset's runs "
+                                    "(a stated cost model, fipo/plan.py: estimates, not measurements)")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--experiment", help="one experiment of the preset (default: all of them, and their total)")
+    p.add_argument("--response-fraction", type=fraction, help="mean response / max_response_length (default 0.3)")
+    p.add_argument("--keep-fraction", type=fraction,
+                   help="share of groups that survive DAPO's dynamic sampling (default 0.5)")
+    p.add_argument("--mfu", type=fraction, help="model FLOPs utilisation of the update (default 0.3)")
+    p.add_argument("--decode-tokens-per-s", type=positive_number,
+                   help="vLLM decode throughput per GPU (default: the model's row in fipo.plan.MODELS)")
+    p.add_argument("--gpu-memory-gib", type=positive_number, help="memory of one GPU in GiB (default 80)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("tables", help="write Tables 2 and 3 (training settings) from the spec")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "spec_tables")

@@ -635,6 +635,15 @@ def _validate_values(exp: Experiment, where: str, origins: Optional[Origins] = N
             d.gen_batch_size >= d.train_batch_size, "data.gen_batch_size", "must be >= train_batch_size",
             "data.train_batch_size",
         )
+        # verl 0.9.1's v1 trainer (sync mode) sets gen_batch_size to 1 under dynamic sampling; without it, it fetches
+        # each step's train_batch_size prompts in whole gen_batch_size chunks and raises at the first step otherwise.
+        need(
+            exp.algorithm.filter_groups or d.train_batch_size % d.gen_batch_size == 0, "data.gen_batch_size",
+            f"{d.gen_batch_size} without dynamic sampling: verl 0.9.1 fetches each step's train_batch_size="
+            f"{d.train_batch_size} prompts in whole gen_batch_size chunks and stops at the first step unless it "
+            "divides train_batch_size; leave it unset (null) here, or set it only where algorithm.filter_groups is on",
+            "data.train_batch_size", "algorithm.filter_groups",
+        )
     need(len(d.val) > 0, "data.val", "needs at least one validation set")
     need(
         0 < p.ppo_mini_batch_size <= d.train_batch_size and d.train_batch_size % p.ppo_mini_batch_size == 0,

@@ -354,6 +354,6 @@ def test_preset_evaluation_sections_are_validated(tmp_path):
 
 
 def test_rollout_dumps_are_on_for_every_preset():
-    for preset in ("tiny", "qwen2.5-32b", "qwen2.5-7b-math"):
+    for preset in ("tiny", "qwen2.5-32b", "qwen2.5-7b-math", "qwen2.5-math-1.5b", "qwen2.5-0.5b"):
         exp = load_experiment(preset, "fipo")
         assert exp.trainer.rollout_dump and exp.fipo.dump_every > 0

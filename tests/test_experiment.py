@@ -1,5 +1,6 @@
 """The experiment spec: every experiment resolves, no value is written twice, bad input names its key."""
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -23,6 +24,9 @@ from fipo.experiment import (
 )
 
 PAPER_EXPERIMENTS = {"dapo", "grpo", "fipo", "fipo-raw"}
+GPU_PRESETS = ["qwen2.5-32b", "qwen2.5-7b-math", "qwen2.5-math-1.5b", "qwen2.5-0.5b"]
+# The one-node and one-GPU presets mirror the 7B preset's runs and ablation families (Tables 4-6, Figures 6-7, 9-11).
+SMALL_PRESETS = ["qwen2.5-math-1.5b", "qwen2.5-0.5b"]
 
 
 def test_presets_and_their_experiments():
@@ -35,11 +39,30 @@ def test_presets_and_their_experiments():
     )
 
 
-@pytest.mark.parametrize("preset", ["qwen2.5-32b", "qwen2.5-7b-math"])
+@pytest.mark.parametrize("preset", GPU_PRESETS)
 def test_every_experiment_resolves_and_ablation_families_name_real_runs(preset):
     experiments = {e.name: e for e in load_all(preset)}
     for family, members in ablations(preset).items():
         assert family.startswith("ablation_") and set(members) <= set(experiments)
+
+
+@pytest.mark.parametrize("preset", SMALL_PRESETS)
+def test_small_presets_mirror_the_7b_runs_and_ablations(preset):
+    assert list_experiments(preset) == list_experiments("qwen2.5-7b-math")
+    assert ablations(preset) == ablations("qwen2.5-7b-math")
+    assert evaluation(preset).benchmarks == ["aime2024", "aime2025"] and evaluation(preset).backend == "vllm"
+    seven = {e.name: e for e in load_all("qwen2.5-7b-math")}
+    for exp in load_all(preset):
+        # the method and the ablated knobs are the 7B run's; only scale (model, lengths, batch, layout) differs
+        same = seven[exp.name]
+        assert (exp.method, exp.fipo, exp.rollout) == (same.method, same.fipo, same.rollout)
+        assert exp.policy == dataclasses.replace(same.policy, ppo_mini_batch_size=exp.policy.ppo_mini_batch_size)
+        assert exp.model.path != seven[exp.name].model.path
+        # context: the model must hold prompt + response (Qwen2.5-Math-1.5B: 4096 natively, extended as at 7B)
+        native = {"Qwen/Qwen2.5-Math-1.5B": 4096, "Qwen/Qwen2.5-0.5B-Instruct": 32768}[exp.model.path]
+        context = exp.model.max_position_embeddings or native
+        assert exp.data.max_prompt_length + exp.data.max_response_length <= context, exp.name
+        assert evaluation(preset).max_tokens >= exp.data.max_response_length
 
 
 def test_ablations_change_exactly_their_keys():
@@ -63,7 +86,7 @@ def _leaves(tree, prefix=""):
             yield f"{prefix}{key}", value
 
 
-@pytest.mark.parametrize("preset", ["qwen2.5-32b", "qwen2.5-7b-math"])
+@pytest.mark.parametrize("preset", GPU_PRESETS)
 def test_no_value_is_written_twice(preset):
     """No layer of an experiment sets a key to the value an earlier layer already gave it."""
     for name in list_experiments(preset):
@@ -324,6 +347,17 @@ def test_on_policy_fipo_is_refused_unless_asked_for(config_copy, edit, key):
     edit_preset(allowed, "qwen2.5-32b", allow)
     exp = load_experiment("qwen2.5-32b", "fipo", config_dir=allowed)
     assert exp.fipo.allow_on_policy
+
+
+def test_a_generation_batch_that_would_stop_grpo_at_its_first_step_is_refused(config_copy):
+    """verl 0.9.1 fetches a step's prompts in whole gen_batch_size chunks when dynamic sampling is off (GRPO): a
+    generation batch written for DAPO in the preset's defaults stopped GRPO at its first step."""
+    edit_preset(config_copy, "qwen2.5-32b", lambda d: d["defaults"]["data"].update(gen_batch_size=1536))
+    with pytest.raises(SpecError, match=r"experiment 'grpo': data.gen_batch_size: 1536 without dynamic sampling: "
+                                        r"verl 0.9.1 fetches .*train_batch_size=512 .*\(set in .*qwen2.5-32b.yaml, "
+                                        r"defaults; algorithm.filter_groups set in .*methods.yaml, grpo\)$"):
+        load_experiment("qwen2.5-32b", "grpo", config_dir=config_copy)
+    assert load_experiment("qwen2.5-32b", "dapo", config_dir=config_copy).data.gen_batch_size == 1536
 
 
 def test_allowing_on_policy_does_not_change_a_runs_fingerprint(config_copy):

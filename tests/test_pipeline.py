@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from fipo.analysis import catalog
-from fipo.experiment import ablations, list_experiments
+from fipo.experiment import ablations, list_experiments, list_presets
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING_METRICS = [
@@ -175,7 +175,8 @@ def test_every_rule_names_the_environment_yml_environment_and_sdm_conda_runs_its
 def test_unknown_preset_stops_before_any_job(tmp_path):
     out = snakemake(results=tmp_path, config=["preset=qwen3-235b"])
     assert out.returncode != 0
-    assert "preset: unknown preset 'qwen3-235b'" in out.stderr and "allowed: qwen2.5-32b" in out.stderr
+    assert "preset: unknown preset 'qwen3-235b'" in out.stderr and f"allowed: {', '.join(list_presets())}" in out.stderr
+    assert "qwen2.5-32b" in list_presets()
     assert not tmp_path.joinpath("logs").exists()
 
 

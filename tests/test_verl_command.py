@@ -13,14 +13,16 @@ from hydra.errors import ConfigCompositionException
 from verl.utils.config import omega_conf_to_dataclass, validate_config
 
 from fipo.data import dataset_path
-from fipo.experiment import list_experiments, load_experiment
+from fipo.experiment import list_experiments, list_presets, load_experiment
 from fipo.run_folder import RunFolder
 from fipo.verl_command import command_line, hydra_value, verl_overrides
 from fipo.verl_plugin import FIPOPolicyLossConfig
 
 VERL_CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
-PAPER_PRESETS = ["qwen2.5-32b", "qwen2.5-7b-math"]
-CASES = [(preset, name) for preset in PAPER_PRESETS for name in list_experiments(preset)]
+# Every preset that trains on GPUs (all but the CPU one), found rather than listed: a new preset is covered by the
+# tests below without anyone remembering to add it.
+GPU_PRESETS = [p for p in list_presets() if load_experiment(p, list_experiments(p)[0]).trainer.device == "cuda"]
+CASES = [(preset, name) for preset in GPU_PRESETS for name in list_experiments(preset)]
 RUN = RunFolder(Path("/runs/x"))
 
 
@@ -79,8 +81,69 @@ def test_experiment_composes_and_instantiates_with_its_values(hydra, preset, nam
     assert list(cfg.trainer.logger) == ["console", "file"]
     assert cfg.trainer.default_local_dir == "/runs/x/checkpoints"
     assert cfg.trainer.resume_mode == "auto"
-    assert (cfg.trainer.test_freq, cfg.trainer.save_freq) == (5, 5)
+    assert (cfg.trainer.test_freq, cfg.trainer.save_freq) == (exp.validation.test_freq, exp.trainer.save_freq)
+    assert (cfg.trainer.nnodes, cfg.trainer.n_gpus_per_node) == (exp.trainer.nnodes, exp.trainer.n_gpus_per_node)
     assert cfg.data.seed == exp.trainer.seed == cfg.actor_rollout_ref.rollout.seed
+
+
+def test_every_gpu_preset_is_covered():
+    assert {"qwen2.5-32b", "qwen2.5-7b-math", "qwen2.5-math-1.5b", "qwen2.5-0.5b"} <= set(GPU_PRESETS)
+    assert "tiny" not in GPU_PRESETS
+
+
+# The GPUs each preset's name (and README) promises, and the parallel layout that must fit them.
+LAYOUTS = {"qwen2.5-math-1.5b": (1, 8), "qwen2.5-0.5b": (1, 1), "qwen2.5-7b-math": (4, 8), "qwen2.5-32b": (16, 8)}
+
+
+@pytest.mark.parametrize("preset", sorted(LAYOUTS))
+def test_each_preset_runs_on_the_gpus_it_promises(hydra, preset):
+    nodes, per_node = LAYOUTS[preset]
+    for name in list_experiments(preset):
+        cfg = compose_overrides(verl_overrides(load_experiment(preset, name), data_dir=Path("d"), run=RUN))
+        assert (cfg.trainer.nnodes, cfg.trainer.n_gpus_per_node) == (nodes, per_node), name
+        gpus = nodes * per_node
+        actor, rollout = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
+        sp, tp = actor.ulysses_sequence_parallel_size, rollout.tensor_model_parallel_size
+        assert gpus % sp == 0 and gpus % tp == 0 and tp <= per_node, (name, sp, tp)  # a vLLM engine within a node
+        # every data-parallel rank gets whole responses of a PPO mini-batch
+        assert actor.ppo_mini_batch_size * rollout.n % (gpus // sp) == 0, name
+
+
+@pytest.mark.parametrize("preset", GPU_PRESETS)
+def test_fipo_updates_off_policy_and_dapo_as_its_baseline(hydra, preset):
+    """FIPO's weights leave 1 only from a step's second PPO update on (REPRODUCTION_NOTES): every FIPO run of every
+    GPU preset takes several updates per step, as composed for verl (Table 2/3: FIPO 8, DAPO 16)."""
+    for name in list_experiments(preset):
+        exp = load_experiment(preset, name)
+        cfg = compose_overrides(verl_overrides(exp, data_dir=Path("d"), run=RUN))
+        updates = cfg.data.train_batch_size // cfg.actor_rollout_ref.actor.ppo_mini_batch_size
+        if exp.policy.loss == "fipo":
+            assert updates * cfg.actor_rollout_ref.actor.ppo_epochs > 1 and not exp.fipo.allow_on_policy, name
+        if name in ("fipo", "dapo"):  # the paper's updates per step, which the smaller presets keep
+            assert updates == {"fipo": 8, "dapo": 16}[name], (preset, name, updates)
+
+
+@pytest.mark.parametrize("preset", GPU_PRESETS)
+def test_runs_without_dynamic_sampling_get_their_prompts_from_verls_sync_trainer(hydra, preset):
+    """verl 0.9.1's v1 trainer (sync mode) keeps data.gen_batch_size when dynamic sampling is off and fetches each
+    step's train_batch_size prompts in whole gen_batch_size chunks: its own check, run on the composed config."""
+    from types import SimpleNamespace
+
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    class Fetched(Exception):
+        pass
+
+    def fetch():
+        raise Fetched  # the divisibility check passed; no data needed beyond this point
+
+    for name in list_experiments(preset):
+        cfg = compose_overrides(verl_overrides(load_experiment(preset, name), data_dir=Path("d"), run=RUN))
+        if cfg.algorithm.filter_groups.enable:
+            continue  # verl sets gen_batch_size to 1 and refills exactly
+        assert cfg.trainer.v1.trainer_mode == "sync", name
+        with pytest.raises(Fetched):
+            PPOTrainer._next_train_batch(SimpleNamespace(config=cfg, _fetch_one_gen_batch=fetch))
 
 
 def test_paper_values_of_the_key_runs(hydra):

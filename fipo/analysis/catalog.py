@@ -104,7 +104,8 @@ def label(experiment: str, preset: str | None = None, among: tuple[str, ...] | l
 
 
 def preset_scale(preset: str) -> str | None:
-    """"32b" or "7b" for a paper preset; None for a preset that mirrors both (tiny)."""
+    """"32b" or "7b" for a paper preset; None for a preset at no paper scale (tiny, the one-node and one-GPU presets):
+    it makes every artifact whose runs it defines, its paper values marked not comparable."""
     return SCALES.get(preset_info(preset).get("paper_table"))
 
 
