@@ -94,6 +94,12 @@ def test_gpu_rules_declare_their_resources(tmp_path):
     assert re.search(r"gpu=8\b", train) and re.search(r"nodes=16\b", train) and "runtime=4320" in train
     evaluate = next(b for b in blocks if "rule evaluate:" in b)
     assert re.search(r"gpu=4\b", evaluate)  # vLLM with tensor parallelism 4 for the 32B model
+    assert re.search(r"mem_mb=400000\b", train) and re.search(r"cpus_per_task=32\b", train)
+    # one GPU asks a one-GPU share of a node's memory and cores, not a whole 8-GPU node's
+    out = snakemake("-n", results=tmp_path, config=["preset=qwen2.5-0.5b"])
+    train = next(b for b in out.stdout.split("\n\n") if "rule train:" in b and "runs/fipo/run.json" in b)
+    assert re.search(r"gpu=1\b", train) and re.search(r"nodes=1\b", train)
+    assert re.search(r"mem_mb=50000\b", train) and re.search(r"cpus_per_task=4\b", train)
 
 
 def test_multi_node_runs_join_an_existing_ray_cluster(tmp_path):

@@ -184,12 +184,13 @@ def gpu_resources(spec):
         return {"mem_mb": 8000, "runtime": 60, "gpu": 0, "nodes": 1}
     if TRAIN.get("ray_address"):  # multi-node: the job is only the driver; the Ray cluster holds the GPUs
         return {"mem_mb": 32000, "runtime": TRAIN.get("runtime_min") or 3 * 24 * 60, "gpu": 0, "nodes": 1}
-    return {
-        "mem_mb": 400_000,
+    gpus = spec.trainer.n_gpus_per_node
+    return {  # per node, in proportion to its GPUs: 400 GB and 32 cores for 8 (a one-GPU job asks 50 GB and 4)
+        "mem_mb": 50_000 * gpus,
         "runtime": TRAIN.get("runtime_min") or 3 * 24 * 60,
-        "gpu": spec.trainer.n_gpus_per_node,
+        "gpu": gpus,
         "nodes": spec.trainer.nnodes,
-        "cpus_per_task": 32,
+        "cpus_per_task": 4 * gpus,
     }
 
 

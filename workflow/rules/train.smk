@@ -22,6 +22,9 @@ rule train:
         runtime=lambda wildcards: gpu_resources(SPECS[wildcards.experiment])["runtime"],
         gpu=lambda wildcards: gpu_resources(SPECS[wildcards.experiment])["gpu"],
         nodes=lambda wildcards: gpu_resources(SPECS[wildcards.experiment])["nodes"],
+        cpus_per_task=lambda wildcards, threads: gpu_resources(SPECS[wildcards.experiment]).get(
+            "cpus_per_task", threads
+        ),
     params:
         cmd=train_params,
         # not used by the command: a changed spec changes it, and Snakemake reruns a job whose params changed
