@@ -555,10 +555,11 @@ def flush_buffer(device: torch.device) -> torch.Tensor:
     return torch.empty(nbytes, dtype=torch.uint8, device=device)
 
 
-def copy_call(nbytes: int, device: torch.device, gen: torch.Generator):
-    """A device-to-device copy that reads nbytes / 2 and writes nbytes / 2 (random data, not zeros)."""
+def copy_call(nbytes: int, device: torch.device):
+    """A device-to-device copy that reads nbytes / 2 and writes nbytes / 2 (random bytes, not zeros: drawn on
+    the device, since a copy's speed does not depend on which bytes they are)."""
     half = nbytes // 2
-    src = torch.randint(0, 256, (half,), dtype=torch.uint8, generator=gen).to(device)
+    src = torch.empty(half, dtype=torch.uint8, device=device).random_(0, 256)
     dst = torch.empty_like(src)
     return lambda: dst.copy_(src), 2 * half
 
@@ -575,7 +576,7 @@ def time_future_kl(plan: Plan, device: torch.device, gen: torch.Generator, flush
                 return future_kl(delta, mask, TAU)
 
             nbytes = batch * length * (delta.element_size() + mask.element_size() + 4)
-            copy, copy_bytes = copy_call(nbytes, device, gen)
+            copy, copy_bytes = copy_call(nbytes, device)
             op_t = time_call(op, device, **timing)
             copy_t = time_call(copy, device, **timing)
             isolated = time_call(op, device, repeats=plan.repeats, warmup=plan.warmup, flush=flush, queue_ahead=False)
@@ -597,9 +598,10 @@ def time_future_kl(plan: Plan, device: torch.device, gen: torch.Generator, flush
             if "median_s" in graph:
                 row["graph"]["bandwidth_ratio"] = (nbytes / graph["median_s"]) / copy_bw
             rows.append(row)
-    large, large_bytes = copy_call(plan.large_copy_bytes, device, gen)
+    large, large_bytes = copy_call(plan.large_copy_bytes, device)
     large_t = time_call(large, device, repeats=max(5, plan.repeats // 5), warmup=2)
-    return {"rows": rows, "large_copy": {"bytes": large_bytes, **large_t, "GBps": large_bytes / large_t["median_s"] / 1e9}}
+    large_copy = {"bytes": large_bytes, **large_t, "GBps": large_bytes / large_t["median_s"] / 1e9}
+    return {"rows": rows, "large_copy": large_copy}
 
 
 def judge_target(fkl: dict, plan: Plan, device: torch.device) -> dict:
@@ -783,7 +785,7 @@ def run_step(report: dict, section: str, name: str, fn, out: Path) -> None:
     write_json(out, report)  # after every step: a run cut short still leaves what it measured
 
 
-def fmt(x: float, spec: str = ".3g") -> str:
+def fmt(x, spec: str = ".3g") -> str:
     return format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
@@ -791,23 +793,28 @@ def print_summary(report: dict, out: Path) -> None:
     d = report["device"]
     print(f"\n== device check: {d['name']} ({d['type']}), torch {report['torch']}, plan {report['plan']}, "
           f"seed {report['seed']}, {report['elapsed_s']:.0f} s")
-    print("checks (max |err|, max |err|/tol; pass: <= 1):")
+    print("checks (max |err|, max |err| / tolerance: pass <= 1):")
     for name in CHECK_NAMES:
         c = report["checks"].get(name, {"status": "missing"})
-        errs = f"  max|err| {fmt(c['max_abs_err'])}  err/tol {fmt(c['max_err_over_tol'], '.2g')}" if "max_err_over_tol" in c else ""
-        cases = f"  ({c['cases_run']} cases, {c['cases_failed']} failed)" if "cases_run" in c else ""
-        print(f"  {name:<22} {c['status'].splitlines()[0][:90]}{errs}{cases}")
+        line = f"  {name:<22} {c['status'].splitlines()[0][:100]}"
+        if "max_err_over_tol" in c:
+            line += f"  max|err| {fmt(c['max_abs_err'])}  err/tol {fmt(c['max_err_over_tol'], '.2g')}"
+        if "cases_run" in c:
+            line += f"  ({c['cases_run']} cases, {c['cases_failed']} failed)"
+        print(line)
     fkl = report["timings"].get("future_kl", {})
     if "rows" in fkl:
-        print("Future-KL vs a copy of the same bytes (read delta + mask, write float32), median of repeats:")
-        print(f"  {'B':>3} {'L':>6} {'dtype':>8} {'MB':>7} {'op us':>9} {'copy us':>8} {'op GB/s':>8} {'copy GB/s':>9} "
-              f"{'ratio':>6} {'bound':>6} {'graph':>6} {'ops':>4}")
+        print("Future-KL vs a copy of the same bytes (read delta + mask, write float32), medians; bound: the ratio "
+              "its aten ops' traffic allows; graph: CUDA-graph replay; ahead: repeats queued before the GPU got there")
+        print(f"  {'B':>3} {'L':>6} {'dtype':>8} {'MB':>6} {'op us':>9} {'copy us':>8} {'op GB/s':>8} "
+              f"{'copy GB/s':>9} {'ratio':>6} {'bound':>6} {'graph':>6} {'ops':>4}  ahead")
         for r in fkl["rows"]:
             g = r["graph"].get("bandwidth_ratio")
-            print(f"  {r['B']:>3} {r['L']:>6} {r['dtype']:>8} {r['bytes'] / 1e6:>7.2f} {r['op']['median_s'] * 1e6:>9.1f} "
-                  f"{r['copy']['median_s'] * 1e6:>8.1f} {r['op_GBps']:>8.1f} {r['copy_GBps']:>9.1f} "
-                  f"{r['bandwidth_ratio']:>6.1%} {r['traffic']['ratio_bound']:>6.1%} "
-                  f"{format(g, '6.1%') if g is not None else 'n/a':>6} {r['traffic']['aten_ops']:>4}")
+            graph = format(g, ".1%") if g is not None else "n/a"
+            print(f"  {r['B']:>3} {r['L']:>6} {r['dtype']:>8} {r['bytes'] / 1e6:>6.2f} "
+                  f"{r['op']['median_s'] * 1e6:>9.1f} {r['copy']['median_s'] * 1e6:>8.1f} {r['op_GBps']:>8.1f} "
+                  f"{r['copy_GBps']:>9.1f} {r['bandwidth_ratio']:>6.1%} {r['traffic']['ratio_bound']:>6.1%} "
+                  f"{graph:>6} {r['traffic']['aten_ops']:>4}  {r['op']['queued_ahead']}")
         big = fkl["large_copy"]
         print(f"  large copy: {big['bytes'] / 1e9:.2f} GB read+written in {big['median_s'] * 1e3:.3f} ms = "
               f"{big['GBps']:.0f} GB/s ({big['clock']})")
@@ -820,10 +827,9 @@ def print_summary(report: dict, out: Path) -> None:
         for r in loss["rows"]:
             print(f"  B={r['B']:<3} L={r['L']:<6} fipo {r['fipo']['median_s'] * 1e3:8.3f} ms  "
                   f"vanilla {r['vanilla']['median_s'] * 1e3:8.3f} ms  ratio {r['ratio']:.2f}")
-    for section in ("timings",):
-        for name, result in report[section].items():
-            if str(result.get("status", "")).startswith("error"):
-                print(f"  {section}.{name}: {result['status']}")
+    for name, result in report["timings"].items():
+        if str(result.get("status", "")).startswith("error"):
+            print(f"timing {name}: {result['status']}")
     s = report["summary"]
     print(f"summary: {s['passed']} passed, {s['failed']} failed, {s['errors']} errors, {s['skipped']} skipped; "
           f"JSON: {out}")

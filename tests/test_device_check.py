@@ -218,7 +218,7 @@ def test_target_verdict_and_summary_of_a_cuda_report(cpu_run, capsys, ratio, sta
     dc.print_summary(report, Path("x.json"))
     printed = capsys.readouterr().out
     assert f": {status.upper()} (ratio {ratio:.1%})" in printed
-    assert f"{row['graph']['bandwidth_ratio']:6.1%}" in printed
+    assert f"{row['graph']['bandwidth_ratio']:.1%}" in printed
 
 
 def test_small_plan_on_cuda_does_not_claim_the_target():
