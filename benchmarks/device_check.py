@@ -319,14 +319,16 @@ def loss_inputs(batch: int, length: int, dtype: torch.dtype, p: FIPOParams, gen:
     raise RuntimeError("could not move the log-ratios off the loss's thresholds")
 
 
-def loss_tolerances(old, log_prob, adv, mask, p: FIPOParams, dtype: torch.dtype, fkl64, ref_f, ref_mat, ref_grad):
+def loss_tolerances(old, log_prob, mask, p: FIPOParams, dtype: torch.dtype, fkl64, ref_f, ref_mat, ref_grad):
     """Worst-case error bounds of fipo_policy_loss with ``dtype`` inputs against the float64 reference.
 
     u: the unit roundoff of ``dtype``. The log-ratio is rounded once (relative u); Future-KL sums it in float32:
     |dFKL| <= (u + 1e-5) * sum_k gamma^(k-t) M_k |delta_k|. exp and clip are monotone and the bounds >= 0, so
     f's relative error is at most expm1(|dFKL|) (+ float32's exp). The ratio's relative error is
-    u |delta| + 2u. The per-token loss -A f g(r) and its gradient -A f r / N (where the clip lets it through)
-    add a few roundings each: relative tolerance rel_f + rel_r + 4u (loss), + 8u (gradient).
+    u |delta| + 2u. The per-token loss -A f g(r) adds at most three roundings (f to ``dtype``, A f, times g(r)):
+    relative tolerance rel_f + rel_r + 4u. The token-mean (N and 1/N rounded, the sum's result rounded, float32
+    accumulation of N terms) and the gradient -A f r / N where the clip lets it through (1/N, A f, times r)
+    add at most six: rel_f + rel_r + 8u per token.
     """
     u = unit_roundoff(dtype)
     delta = (log_prob.double() - old.double()).clamp(-20, 20)
@@ -335,12 +337,12 @@ def loss_tolerances(old, log_prob, adv, mask, p: FIPOParams, dtype: torch.dtype,
     tol_fkl = (u + 1e-5) * future_kl_magnitude(delta, m, p.tau, fkl64) + 1e-7
     rel_f = torch.expm1(tol_fkl) + 2**-22
     rel_r = u * delta.abs() + 2 * u
-    tol_mat = ref_mat.detach().abs() * (rel_f + rel_r + 4 * u) + 1e-30
+    ref_abs = ref_mat.detach().abs()
+    tol_mat = ref_abs * (rel_f + rel_r + 4 * u) + 1e-30
     tol_grad = ref_grad.abs() * (rel_f + rel_r + 8 * u) + 1e-30
     maskf = mask.double()
     n = maskf.sum().clamp(min=1)
-    terms = (ref_mat.detach().abs() * maskf).sum() / n
-    tol_value = (tol_mat * maskf).sum() / n + 1e-5 * terms + 1e-30  # + float32 accumulation of N terms
+    tol_value = (ref_abs * (rel_f + rel_r + 8 * u + 1e-5) * maskf).sum() / n + 1e-30
     return {"future_kl": tol_fkl, "f": ref_f * rel_f, "loss_mat": tol_mat, "grad": tol_grad, "value": tol_value}
 
 
@@ -356,7 +358,7 @@ def fipo_loss_case(batch, length, dtype, name, p, fkl64, device, gen) -> dict:
     ref_mat, ref_f, ref_fkl = paper_loss_float64(old, lp64, adv, mask, p, fkl_fn=fkl64)
     ref_value = token_mean(ref_mat, mask)
     ref_value.backward()
-    tol = loss_tolerances(old, log_prob, adv, mask, p, dtype, fkl64, ref_f, ref_mat, lp64.grad)
+    tol = loss_tolerances(old, log_prob, mask, p, dtype, fkl64, ref_f, ref_mat, lp64.grad)
 
     on = mask
     case = {
