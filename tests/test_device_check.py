@@ -161,10 +161,32 @@ class FakeEvent:
 def fake_cuda(monkeypatch):
     FakeEvent.log = []
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
-    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: FakeEvent.log.append(("sleep", cycles)))
+    def spin(cycles):  # a GPU at 2 GHz, as seen from the host
+        FakeEvent.log.append(("sleep", cycles))
+        time.sleep(cycles / 2e9)
+
+    monkeypatch.setattr(torch.cuda, "_sleep", spin)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
-    monkeypatch.setitem(dc._SPIN_RATE, "cuda:0", 1.5e9)  # cycles per second, as if measured
+    monkeypatch.delitem(dc._SPIN_RATE, "cuda:0", raising=False)  # calibrated against the fake events
     return torch.device("cuda", 0)
+
+
+def test_spin_calibration_against_fake_events(fake_cuda):
+    FakeEvent.lag = 0.0
+    cycles = dc.spin_cycles(fake_cuda, 0.01)
+    assert 1 <= cycles <= 2e7  # 10 ms at 2 GHz at most: the host's overhead around the 0.5 ms spin only lowers it
+    assert dc.spin_cycles(fake_cuda, 0.02) == pytest.approx(2 * cycles, rel=1e-6)  # measured once
+
+
+def test_device_info_of_a_cuda_device(monkeypatch):
+    props = type("Props", (), {"name": "NVIDIA H200", "major": 9, "minor": 0, "multi_processor_count": 132,
+                               "total_memory": 143 * 2**30, "L2_cache_size": 60 * 2**20})()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    info = dc.device_info(torch.device("cuda", 0))
+    assert info["type"] == "cuda" and info["name"] == "NVIDIA H200" and info["capability"] == "9.0"
+    assert info["multiprocessors"] == 132 and info["memory_GiB"] == 143 and info["L2_bytes"] == 60 * 2**20
+    assert info["tf32_matmul"] is torch.backends.cuda.matmul.allow_tf32
+    assert dc.default_out_path(info).name == "device_check_nvidia-h200.json"
 
 
 @pytest.mark.parametrize("lag, expected_ahead", [(10.0, "4/4"), (0.0, "0/4")])
@@ -180,14 +202,14 @@ def test_cuda_timing_path_against_fake_events(fake_cuda, lag, expected_ahead):
     result = dc.time_call(fn, fake_cuda, repeats=4, warmup=2, flush=flush)
     assert result["clock"] == "CUDA events" and result["queued_ahead"] == expected_ahead
     assert 0.0015 < result["median_s"] < 0.05  # event milliseconds converted to seconds
-    sleeps = [e for e in FakeEvent.log if isinstance(e, tuple)]
+    sleeps = [e for e in FakeEvent.log if isinstance(e, tuple)][2:]  # after the two of the calibration
     assert len(sleeps) == 4 and all(cycles >= 1 for _, cycles in sleeps)
     assert calls[-4:] == ["record"] * 4  # each timed call follows its start event, which follows the spin
     assert FakeEvent.log[-3:] == [("sleep", sleeps[-1][1]), "record", "record"]
 
     idle = dc.time_call(fn, fake_cuda, repeats=3, warmup=1, flush=flush, queue_ahead=False)
     assert idle["queued_ahead"] == "off: GPU idle before each call"
-    assert len([e for e in FakeEvent.log if isinstance(e, tuple)]) == 4  # no spin without queue_ahead
+    assert len([e for e in FakeEvent.log if isinstance(e, tuple)]) == 2 + 4  # no spin without queue_ahead
 
 
 def cuda_like(report):
