@@ -2,9 +2,10 @@
 evaluation backend, in one script that writes one JSON (issue 14, item 7). Under 8 minutes on one GPU.
 
 On the device machine, from the repository root (nothing installed there: the script puts this checkout on
-sys.path itself; it needs torch, numpy, and transformers only for step (d), which it skips without it):
+sys.path itself; it needs torch, numpy, and transformers only for step (d), which it skips without it; python3
+is the interpreter that holds torch there; sized for well under 8 minutes, though not yet run on a GPU):
 
-    python benchmarks/device_check.py --out $OUT/device_check.json
+    python3 benchmarks/device_check.py --out $OUT/device_check.json
 
 On a CPU, small shapes, in seconds (what CI runs: tests/test_device_check.py):
 
