@@ -1,5 +1,5 @@
 """Device check of the Future-KL and the FIPO loss: correctness, bandwidth, loss cost, and the transformers
-evaluation backend, in one script that writes one JSON (issue 14, item 7). Under 8 minutes on one GPU.
+evaluation backend, in one script that writes one JSON (issue 14, item 7), sized for under 8 minutes on one GPU.
 
 On the device machine, from the repository root (nothing installed there: the script puts this checkout on
 sys.path itself; it needs torch, numpy, and transformers only for step (d), which it skips without it; python3
