@@ -154,7 +154,7 @@ def future_kl_reference(delta: torch.Tensor, mask: torch.Tensor | None, tau: flo
     length = x.shape[1]
     idx = torch.arange(length, device=x.device, dtype=torch.float64)
     diff = idx[:, None] - idx[None, :]  # k - t, rows k (future), columns t
-    decay = torch.where(diff >= 0, gamma ** diff.clamp(min=0), torch.zeros((), dtype=torch.float64))
+    decay = torch.where(diff >= 0, gamma ** diff.clamp(min=0), torch.zeros((), dtype=torch.float64, device=x.device))
     return x @ decay
 
 

@@ -12,6 +12,7 @@ from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn
 
 from fipo.future_kl import future_kl_reference
 from fipo.loss import METRIC_NAMES, FIPOParams, NonFiniteInputError, fipo_policy_loss
+from fipo.references import paper_loss_float64
 from fipo.verl_plugin import standalone_actor_config as actor_config
 
 AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
@@ -26,23 +27,6 @@ def random_batch(seed, batch=6, length=40, shift=0.5, dtype=torch.float32):
     lengths = torch.randint(1, length + 1, (batch, 1), generator=gen)
     mask = torch.arange(length)[None, :] < lengths
     return old, log_prob, adv, mask
-
-
-def paper_loss_float64(old, log_prob, adv, mask, p: FIPOParams):
-    """PAPER.md Eq. 3-8 written out directly in float64, with the O(L^2) Future-KL oracle."""
-    old, log_prob, adv = old.double(), log_prob.double(), adv.double()
-    delta = (log_prob - old).clamp(-20, 20)
-    ratio = delta.exp()
-    m = mask & (ratio <= p.effective_filter_threshold) if p.filter_ratio else mask
-    fkl = future_kl_reference(delta, m, p.tau)
-    f = fkl.exp().clamp(1 - p.f_clip_low, 1 + p.f_clip_high)
-    unsafe = (adv < 0) & (ratio > p.safety_threshold)
-    f = torch.where(unsafe, torch.ones_like(f) if p.safety_mode == "reset" else f.clamp(0.8, 1.0), f)
-    a = adv * f
-    surrogate = torch.minimum(ratio * a, ratio.clamp(1 - p.clip_ratio_low, 1 + p.clip_ratio_high) * a)
-    dual = torch.maximum(surrogate, p.clip_ratio_c * a)  # negative advantages: bounded below by c * A~
-    objective = torch.where(adv < 0, dual, surrogate)
-    return -objective, f, fkl
 
 
 PARAMS = st.builds(
