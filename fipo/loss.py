@@ -328,6 +328,8 @@ def _masked_extremes(maskf: torch.Tensor, weight: torch.Tensor, raw_weight: torc
     a min. A runaway exp(FutureKL) is reported as float32's max, not inf.
     """
     flat = maskf.view(-1)
+    if flat.numel() == 0:  # no positions at all (batch or response length 0): as if every token were padding
+        return torch.tensor([0.0, 0.0, _FLOAT32_MAX, _FLOAT32_MAX], device=maskf.device)
     pad_push = (1 - flat) * _FLOAT32_MAX
     pair = (weight.reshape(-1), raw_weight.reshape(-1).clamp(max=_FLOAT32_MAX))
     return torch.stack([(t * flat).amax() for t in pair] + [(t + pad_push).amin() for t in pair])

@@ -285,3 +285,18 @@ def test_shape_mismatch_is_rejected():
     old, log_prob, adv, mask = random_batch(1)
     with pytest.raises(ValueError, match="advantages"):
         fipo_policy_loss(old, log_prob, adv[:, :-1], mask)
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (0, 7)])
+def test_no_positions_at_all_is_the_all_padding_case(shape):
+    """A micro-batch with response length 0 (or no rows) gives what an all-padding one of the same batch gives:
+    zero loss, a gradient of zeros, the same metrics (amax over an empty tensor used to raise)."""
+    zeros = torch.zeros(shape)
+    log_prob = torch.zeros(shape, requires_grad=True)
+    out = fipo_policy_loss(zeros, log_prob, zeros, torch.zeros(shape, dtype=torch.bool))
+    out.loss_mat.sum().backward()
+    assert log_prob.grad.shape == shape and out.tokens == 0
+    padded = fipo_policy_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.ones(2, 4), torch.zeros(2, 4, dtype=torch.bool))
+    assert out.metrics.keys() == padded.metrics.keys()
+    for key, value in padded.metrics.items():
+        assert out.metrics[key] == pytest.approx(value, nan_ok=True), key
