@@ -178,6 +178,14 @@ def cmd_tables(args) -> int:
     return 0
 
 
+def cmd_released_table(args) -> int:
+    from fipo.analysis.released import write_released_table
+
+    for path in write_released_table(args.results_dir, args.preset, args.out):
+        print(path)
+    return 0
+
+
 def positive_seconds(text: str) -> float:
     """A wall-clock limit: a finite number of seconds > 0 (0, negative values and nan are refused)."""
     try:
@@ -272,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--out", type=Path, help="CSV path (default: <run>/length_stats.csv)")
     p.set_defaults(func=cmd_lengths)
+
+    p = sub.add_parser("released-table", help="the released model's evaluation beside the paper's Table 1 row")
+    p.add_argument("--preset", required=True, help="a preset with a 'released:' section (qwen2.5-32b)")
+    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS,
+                   help="holds <preset>/released/eval/<benchmark>/summary.json")
+    p.add_argument("--out", type=Path, help="output folder (default: <results-dir>/<preset>/tables)")
+    p.set_defaults(func=cmd_released_table)
 
     p = sub.add_parser("tables", help="write Tables 2 and 3 (training settings) from the spec")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "spec_tables")
