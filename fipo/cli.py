@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from fipo import data as data_mod
+from fipo.doctor import STAGES
 from fipo.eval import BENCHMARKS
 from fipo.eval.checkpoints import SELECTIONS
 from fipo.eval.metrics import DEFAULT_UNANSWERED, UNANSWERED_RULES
@@ -178,6 +179,23 @@ def cmd_tables(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    """Exit 0 when every check passes (and write --marker), 1 when one fails."""
+    from fipo.doctor import diagnose
+    from fipo.doctor.checks import report
+
+    title, results = diagnose(args.preset, args.results_dir, args.data_dir, experiment=args.experiment,
+                              stage=args.stage, benchmark=args.benchmark, ray_address=args.ray_address,
+                              overrides=args.override)
+    text = report(results, title)
+    print(text, end="", flush=True)
+    if any(r.failed for r in results):
+        return 1
+    if args.marker:
+        write_text_atomic(args.marker, text)
+    return 0
+
+
 def cmd_released_table(args) -> int:
     from fipo.analysis.released import write_released_table
 
@@ -280,6 +298,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--out", type=Path, help="CSV path (default: <run>/length_stats.csv)")
     p.set_defaults(func=cmd_lengths)
+
+    p = sub.add_parser("doctor", help="check that this machine can run a preset's GPU jobs (exit 1 if not)")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--experiment", help="one experiment (default: every experiment of the preset)")
+    p.add_argument("--stage", default="all", choices=STAGES,
+                   help="train, eval (of the runs), all (both; default) or released (the preset's released model)")
+    p.add_argument("--benchmark", choices=BENCHMARKS, help="eval/released: one benchmark (default: the preset's)")
+    p.add_argument("--ray-address", help="the Ray cluster training joins: its nodes and GPUs are counted")
+    p.add_argument("--override", action="append", metavar="KEY=VALUE",
+                   help="a verl override training gets (trainer.total_training_steps, save_freq and "
+                        "max_actor_ckpt_to_keep change the checkpoints to keep)")
+    p.add_argument("--data-dir", type=Path, default=data_mod.DEFAULT_DATA_DIR)
+    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
+    p.add_argument("--marker", type=Path, help="on success, write the report here (the pipeline's marker file)")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("released-table", help="the released model's evaluation beside the paper's Table 1 row")
     p.add_argument("--preset", required=True, help="a preset with a 'released:' section (qwen2.5-32b)")
