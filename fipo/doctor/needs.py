@@ -4,7 +4,7 @@ evaluating one model on some benchmarks); :func:`combine` folds several into wha
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -19,7 +19,6 @@ GB = 1e9
 
 @dataclass(frozen=True)
 class Needs:
-    jobs: tuple[str, ...]  # what is checked for, e.g. ("train fipo", "evaluate fipo on aime2024")
     cuda: bool = False
     packages: tuple[str, ...] = ()  # names in fipo.doctor.compat.COMPAT
     nodes: int = 1
@@ -33,7 +32,7 @@ class Needs:
     disk_path: Optional[Path] = None
     disk_bytes: Optional[float] = 0.0  # None: a checkpoint's size is unknown (see disk_notes)
     # (run, what it still has to keep, how that comes about): the report groups runs that share the last two
-    disk_notes: tuple[tuple[str, str, str], ...] = field(default=())
+    disk_notes: tuple[tuple[str, str, str], ...] = ()
 
 
 def _shape(model: str, revision: Optional[str], probe) -> Optional[estimates.ModelShape]:
@@ -90,7 +89,7 @@ def train_needs(exp: Experiment, results_dir: Path, probe, ray_address: Optional
     else:
         disk, note = None, (exp.name, "size unknown", _unknown_size(model))
     return Needs(
-        jobs=(f"train {exp.name}",), cuda=cuda, packages=packages,
+        cuda=cuda, packages=packages,
         nodes=exp.trainer.nnodes if cuda else 1, gpus_per_node=exp.trainer.n_gpus_per_node if cuda else 0,
         ray_address=ray_address if cuda else None,
         gpu_bytes=gpu_bytes,
@@ -103,7 +102,7 @@ def train_needs(exp: Experiment, results_dir: Path, probe, ray_address: Optional
     )
 
 
-def eval_needs(spec: EvaluationSpec, benchmarks: list[str], what: str, probe, model: Optional[str] = None,
+def eval_needs(spec: EvaluationSpec, benchmarks: list[str], probe, model: Optional[str] = None,
                revision: Optional[str] = None, architecture: Optional[str] = None) -> Needs:
     """Evaluating a model on ``benchmarks`` (``fipo eval``): ``model`` must be here or downloadable (None: the
     pipeline makes it, a run's converted checkpoint); ``architecture`` names a model of the same shape for the
@@ -113,7 +112,7 @@ def eval_needs(spec: EvaluationSpec, benchmarks: list[str], what: str, probe, mo
     shape = _shape(sized, revision if sized == model else None, probe) if sized else None
     gpu_bytes = estimates.eval_gpu_bytes(spec, shape) if shape and vllm else None
     return Needs(
-        jobs=(what,), cuda=vllm, packages=("vllm",) if vllm else (),
+        cuda=vllm, packages=("vllm",) if vllm else (),
         nodes=1, gpus_per_node=spec.tensor_parallel_size if vllm else 0,
         gpu_bytes=gpu_bytes,
         gpu_note=(f"vLLM, tensor parallel {spec.tensor_parallel_size}" if gpu_bytes
@@ -125,13 +124,11 @@ def eval_needs(spec: EvaluationSpec, benchmarks: list[str], what: str, probe, mo
 
 def run_eval_needs(exp: Experiment, spec: EvaluationSpec, benchmarks: list[str], probe) -> Needs:
     """Evaluating ``exp``'s converted checkpoint (made by the pipeline; the base model's shape)."""
-    return eval_needs(spec, benchmarks, f"evaluate {exp.name} on {', '.join(benchmarks)}", probe,
-                      architecture=exp.model.path)
+    return eval_needs(spec, benchmarks, probe, architecture=exp.model.path)
 
 
 def released_needs(released: ReleasedSpec, spec: EvaluationSpec, benchmarks: list[str], probe) -> Needs:
-    return eval_needs(spec, benchmarks, f"evaluate the released {released.model} on {', '.join(benchmarks)}", probe,
-                      model=released.model, revision=released.revision)
+    return eval_needs(spec, benchmarks, probe, model=released.model, revision=released.revision)
 
 
 def combine(needs: list[Needs]) -> Needs:
@@ -144,7 +141,7 @@ def combine(needs: list[Needs]) -> Needs:
         big = max(sized, key=lambda x: x.gpu_bytes) if sized else out
         out = replace(
             out,
-            jobs=out.jobs + n.jobs, cuda=out.cuda or n.cuda,
+            cuda=out.cuda or n.cuda,
             packages=tuple(dict.fromkeys(out.packages + n.packages)),
             nodes=max(out.nodes, n.nodes), gpus_per_node=max(out.gpus_per_node, n.gpus_per_node),
             ray_address=out.ray_address or n.ray_address,
