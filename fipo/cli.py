@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import subprocess
@@ -11,14 +12,17 @@ import time
 from pathlib import Path
 
 from fipo import data as data_mod
+from fipo.doctor import STAGES
 from fipo.eval import BENCHMARKS
 from fipo.eval.checkpoints import SELECTIONS
 from fipo.eval.metrics import DEFAULT_UNANSWERED, UNANSWERED_RULES
+from fipo.eval.models import hub_snapshot, resolve_model
 from fipo.eval.runner import ON_CHANGE
 from fipo.eval.sampling import BACKENDS
 from fipo.eval.scoring import SCORERS
 from fipo.experiment import SpecError, list_experiments, list_presets, load_experiment
 from fipo import training
+from fipo.files import write_text_atomic
 from fipo.analysis.errors import AnalysisError
 from fipo.provenance import folder_digest, project_version, short
 from fipo.run_folder import RunFolderBusy, run_folder, run_provenance
@@ -118,12 +122,24 @@ def cmd_eval(args) -> int:
     settings = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                                 seed=args.seed)
     out = args.out or Path(args.results_dir) / "eval" / Path(args.model).name / args.benchmark
-    summary = evaluate(args.model, args.benchmark, out, settings, backend=args.backend, scorer=args.scorer,
+    model = resolve_model(args.model, args.revision)  # a local folder, or a hub id's snapshot in the HF cache
+    summary = evaluate(str(model), args.benchmark, out, settings, backend=args.backend, scorer=args.scorer,
                        data_dir=args.data_dir, tensor_parallel_size=args.tensor_parallel_size, on_change=args.on_change,
                        cons_unanswered=args.cons_unanswered, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     n = settings.n
     passed = f"  Pass@{n} {summary[f'pass@{n}']:.1f}" if f"pass@{n}" in summary else ""  # n = 1: Pass@1 is Avg@1
     print(f"{args.benchmark}: Avg@{n} {summary[f'avg@{n}']:.1f}  Cons@{n} {summary[f'cons@{n}']:.1f}{passed}  ({out})")
+    return 0
+
+
+def cmd_fetch_model(args) -> int:
+    """Put a hub model's snapshot into the Hugging Face cache (the pipeline does it once, on a machine with
+    internet, before the GPU jobs that read it) and record which commit it is."""
+    path = hub_snapshot(args.model, args.revision)
+    record = {"model": args.model, "revision": args.revision or "main", "commit": path.name, "path": str(path)}
+    if args.record:
+        write_text_atomic(args.record, json.dumps(record, indent=2) + "\n")
+    print(path)
     return 0
 
 
@@ -194,6 +210,30 @@ def positive_number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
     return value
 
+def cmd_doctor(args) -> int:
+    """Exit 0 when every check passes (and write --marker), 1 when one fails."""
+    from fipo.doctor import diagnose
+    from fipo.doctor.checks import report
+
+    title, results = diagnose(args.preset, args.results_dir, args.data_dir, experiment=args.experiment,
+                              stage=args.stage, benchmark=args.benchmark, ray_address=args.ray_address,
+                              overrides=args.override)
+    text = report(results, title)
+    print(text, end="", flush=True)
+    if any(r.failed for r in results):
+        return 1
+    if args.marker:
+        write_text_atomic(args.marker, text)
+    return 0
+
+
+def cmd_released_table(args) -> int:
+    from fipo.analysis.released import write_released_table
+
+    for path in write_released_table(args.results_dir, args.preset, args.out):
+        print(path)
+    return 0
+
 
 def positive_seconds(text: str) -> float:
     """A wall-clock limit: a finite number of seconds > 0 (0, negative values and nan are refused)."""
@@ -240,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tiny_model)
 
     p = sub.add_parser("eval", help="sample and score a model on AIME 2024/2025 or the tiny test set")
-    p.add_argument("--model", required=True, help="a Hugging Face model folder")
+    p.add_argument("--model", required=True,
+                   help="a Hugging Face model folder, or a hub id (owner/name: its snapshot in the HF cache, "
+                        "downloaded there when missing)")
+    p.add_argument("--revision", help="hub id only: a branch, tag or commit (default: main)")
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     p.add_argument("--backend", default="vllm", choices=BACKENDS)
     p.add_argument("--scorer", default="math_dapo", choices=SCORERS,
@@ -263,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the folder holds an evaluation of another model (by content) or with other settings: refuse "
                         "(default), or restart after moving the old files to <out>/superseded/")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("fetch-model", help="download a hub model into the Hugging Face cache (nothing if cached)")
+    p.add_argument("model", help="a hub id, owner/name")
+    p.add_argument("--revision", help="a branch, tag or commit (default: main)")
+    p.add_argument("--record", type=Path, help="write the model, revision, commit and local path here (JSON)")
+    p.set_defaults(func=cmd_fetch_model)
 
     p = sub.add_parser("convert", help="turn a run's checkpoint into a Hugging Face folder (verl's model merger)")
     p.add_argument("--preset", default="tiny")
@@ -293,6 +342,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vLLM decode throughput per GPU (default: the model's row in fipo.plan.MODELS)")
     p.add_argument("--gpu-memory-gib", type=positive_number, help="memory of one GPU in GiB (default 80)")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("doctor", help="check that this machine can run a preset's GPU jobs (exit 1 if not)")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--experiment", help="one experiment (default: every experiment of the preset)")
+    p.add_argument("--stage", default="all", choices=STAGES,
+                   help="train, eval (of the runs), all (both; default) or released (the preset's released model)")
+    p.add_argument("--benchmark", choices=BENCHMARKS, help="eval/released: one benchmark (default: the preset's)")
+    p.add_argument("--ray-address", help="the Ray cluster training joins: its nodes and GPUs are counted")
+    p.add_argument("--override", action="append", metavar="KEY=VALUE",
+                   help="a verl override training gets (trainer.total_training_steps, save_freq and "
+                        "max_actor_ckpt_to_keep change the checkpoints to keep)")
+    p.add_argument("--data-dir", type=Path, default=data_mod.DEFAULT_DATA_DIR)
+    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
+    p.add_argument("--marker", type=Path, help="on success, write the report here (the pipeline's marker file)")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("released-table", help="the released model's evaluation beside the paper's Table 1 row")
+    p.add_argument("--preset", required=True, help="a preset with a 'released:' section (qwen2.5-32b)")
+    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS,
+                   help="holds <preset>/released/eval/<benchmark>/summary.json")
+    p.add_argument("--out", type=Path, help="output folder (default: <results-dir>/<preset>/tables)")
+    p.set_defaults(func=cmd_released_table)
 
     p = sub.add_parser("tables", help="write Tables 2 and 3 (training settings) from the spec")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "spec_tables")

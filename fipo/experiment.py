@@ -31,6 +31,7 @@ from fipo.eval import BENCHMARKS
 from fipo.eval.checkpoints import SELECTIONS
 from fipo.eval.sampling import BACKENDS
 from fipo.eval.metrics import UNANSWERED_RULES
+from fipo.eval.models import HUB_REVISION, is_hub_id
 from fipo.eval.scoring import SCORERS
 
 # The spec folder (methods.yaml, presets/); FIPO_CONFIG_DIR points every tool, the pipeline included, elsewhere.
@@ -181,6 +182,18 @@ class EvaluationSpec:
     cons_unanswered: str = "vote"  # Cons@n: samples without an answer vote as one class (verl's maj@N) or abstain
 
 
+@dataclass(frozen=True)
+class ReleasedSpec:
+    """A checkpoint the paper's authors released (a preset's ``released:`` section). The pipeline's ``released``
+    target evaluates it with the preset's evaluation settings and writes it beside the paper's numbers, so that
+    the evaluation harness can be checked against the paper before anything is trained."""
+
+    model: str  # Hugging Face hub id, owner/name
+    paper_row: str  # the paper's Table 1 row it is compared with (a key of fipo.analysis.paper.TABLE1)
+    revision: str = "main"  # a branch, tag or commit of the hub repository (a commit pins the files)
+    description: str = ""
+
+
 # verl 0.9.1's trackers (verl.utils.tracking.Tracking) that this project passes through and documents
 LOGGERS = ("console", "file", "tensorboard", "wandb", "mlflow", "swanlab")
 
@@ -254,7 +267,8 @@ CHOICES = {
     "trainer.device": ("cuda", "cpu"),
 }
 EXPERIMENT_KEYS = {"method", "base", "description", "set"}
-PRESET_KEYS = {"description", "paper_table", "defaults", "methods", "experiments", "ablations", "evaluation"}
+PRESET_KEYS = {"description", "paper_table", "defaults", "methods", "experiments", "ablations", "evaluation",
+               "released"}
 
 
 # ------------------------------------------------------------------------------------ loading & merging
@@ -360,7 +374,7 @@ def _parse_preset(name: str, config_dir: Path, stamp) -> dict:
     for key in ("defaults", "experiments"):
         if not isinstance(data.get(key), dict):
             raise SpecError(f"{shown}: '{key}' must be a mapping")
-    for key in ("methods", "ablations", "evaluation"):
+    for key in ("methods", "ablations", "evaluation", "released"):
         if not isinstance(data.get(key) or {}, dict):
             raise SpecError(f"{shown}: '{key}' must be a mapping")
     for experiment, entry in data["experiments"].items():
@@ -801,4 +815,25 @@ def evaluation(preset: str, config_dir: Path = CONFIG_DIR) -> EvaluationSpec:
         _require(getattr(spec, key) >= 1, f"{where}.{key}", "must be >= 1", note(key))
     _require(spec.temperature >= 0, f"{where}.temperature", "must be >= 0", note("temperature"))
     _require(0 < spec.top_p <= 1, f"{where}.top_p", "must be in (0, 1]", note("top_p"))
+    return spec
+
+
+def released(preset: str, config_dir: Path = CONFIG_DIR) -> Optional[ReleasedSpec]:
+    """The preset's ``released:`` section, validated; None when the preset declares no released model."""
+    from fipo.analysis.paper import TABLE1  # the paper's numbers: data only, no analysis machinery
+
+    config_dir = Path(config_dir)
+    section = _load_preset(preset, config_dir).get("released")
+    if section is None:
+        return None
+    where = f"preset {preset!r}: released"
+    _, origins = merge_layers([(f"{preset}:released", {"released": section})], where, config_dir)
+    note = partial(origins.within, "released")
+    spec = _build_section(ReleasedSpec, section, where, note)
+    _require(is_hub_id(spec.model), f"{where}.model", f"{spec.model!r} is not a Hugging Face hub id (owner/name)",
+             note("model"))
+    _require(bool(HUB_REVISION.fullmatch(spec.revision)), f"{where}.revision",
+             f"{spec.revision!r} is not a branch, tag or commit name", note("revision"))
+    _require(spec.paper_row in TABLE1, f"{where}.paper_row",
+             f"{spec.paper_row!r} is not a row of the paper's Table 1; allowed: {', '.join(TABLE1)}", note("paper_row"))
     return spec

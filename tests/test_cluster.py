@@ -429,3 +429,17 @@ def test_two_node_training_logs_its_metrics_in_the_run_folder(two_node_run):
     run = two_node_run["results"] / "tiny" / "runs" / "fipo"
     assert sorted(read_steps(run / "metrics.jsonl")) == [0, 1, 2]
     assert json.loads((run / "run.json").read_text())["last_step"] == 2
+
+
+def test_the_doctor_counts_the_ray_clusters_nodes_and_gpus(ray_cluster):
+    """`fipo doctor --ray-address` asks Ray itself: two alive nodes of one GPU each are too few for the 32B preset's
+    16 × 8, and the failure names what the cluster has and how to grow it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "fipo", "doctor", "--preset", "qwen2.5-32b", "--experiment", "fipo", "--stage", "train",
+         "--ray-address", ray_cluster["address"]],
+        cwd=ROOT, env=ray_cluster["env"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    (line,) = [line for line in out.stdout.splitlines() if line.split()[:2] == ["FAIL", "gpus"]]
+    assert f"Ray cluster at {ray_cluster['address']} has 0 node(s) with >= 8 GPUs (" in line
+    assert line.count(": 1,") + line.count(": 1)") == 2, line  # each node and its one GPU, in Ray's view
+    assert f"join 16 more node(s): ray start --address={ray_cluster['address']} --num-gpus=8" in out.stdout

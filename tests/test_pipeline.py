@@ -112,6 +112,79 @@ def test_multi_node_runs_join_an_existing_ray_cluster(tmp_path):
     assert re.search(r"gpu=0\b", train)  # only verl's driver runs in the job; the Ray cluster has the GPUs
 
 
+def job_blocks(out: str) -> dict[tuple[str, str], str]:
+    """(rule, first output) -> the job's block of `snakemake -n -p` output (input, resources, shell command...)."""
+    blocks = {}
+    for block in out.split("\n\n"):
+        rule = re.search(r"^(?:local)?rule (\w+):$", block, re.M)
+        output = re.search(r"^\s*output: (\S+?),?(\s|$)", block, re.M)
+        if rule and output:
+            blocks[(rule.group(1), output.group(1))] = block
+    return blocks
+
+
+def test_every_gpu_job_waits_for_a_doctor_of_its_own(tmp_path):
+    """Training and vLLM evaluation of a GPU preset each wait for the marker `fipo doctor` writes for that very job;
+    the tiny CPU preset plans no doctor."""
+    out = snakemake("-n", "-p", results=tmp_path, config=["preset=qwen2.5-32b"])
+    assert out.returncode == 0, out.stdout[-3000:]
+    blocks = job_blocks(out.stdout)
+    doctors = {path: block for (rule, path), block in blocks.items() if rule == "doctor"}
+    gpu_jobs = [(rule, path, block) for (rule, path), block in blocks.items() if rule in ("train", "evaluate")]
+    assert len(gpu_jobs) == 8 + 16 and len(doctors) == len(gpu_jobs)
+    for rule, path, block in gpu_jobs:
+        job = (f"train/{Path(path).parent.name}" if rule == "train"
+               else f"eval/{Path(path).parent.parent.name}/{Path(path).parent.name}")
+        marker = f"{tmp_path}/qwen2.5-32b/doctor/{job}.ok"
+        assert marker in block.split("output:")[0], (rule, path)
+        doctor = doctors[marker]
+        stage, experiment = job.split("/")[:2]
+        assert f"-m fipo doctor --preset qwen2.5-32b --stage {stage} " in doctor
+        assert f"--experiment {experiment} " in doctor and f"--marker {marker} " in doctor
+        assert re.search(r"gpu=8\b" if stage == "train" else r"gpu=4\b", doctor) and re.search(r"nodes=1\b", doctor)
+        assert f"{tmp_path}/logs/qwen2.5-32b/doctor/{job}.log" in doctor
+    assert "Would remove temporary output" in out.stdout  # markers do not outlive their job
+    tiny = planned(results=tmp_path / "tiny")
+    assert not [job for job in tiny if job[0] == "doctor"]
+
+
+def test_released_target_plans_the_doctor_the_evaluation_and_the_table(tmp_path):
+    out = snakemake("-n", "-p", "released", results=tmp_path, config=["preset=qwen2.5-32b"])
+    assert out.returncode == 0, out.stdout[-3000:]
+    blocks = job_blocks(out.stdout)
+    results = f"{tmp_path}/qwen2.5-32b"
+    assert set(blocks) == {
+        ("aime_data", "data/aime2024.parquet"),
+        ("released_model", f"{results}/released/model.json"),
+        ("doctor", f"{results}/doctor/released/aime2024.ok"), ("doctor", f"{results}/doctor/released/aime2025.ok"),
+        ("evaluate_released", f"{results}/released/eval/aime2024/summary.json"),
+        ("evaluate_released", f"{results}/released/eval/aime2025/summary.json"),
+        ("released_table", f"{results}/tables/released.csv"),
+    }
+    assert "-m fipo fetch-model QwenPilot/FIPO_32B --revision main --record " in out.stdout
+    for benchmark in ("aime2024", "aime2025"):
+        block = blocks[("evaluate_released", f"{results}/released/eval/{benchmark}/summary.json")]
+        assert f"{results}/doctor/released/{benchmark}.ok" in block and f"{results}/released/model.json" in block
+        command = block.split("Shell command: ", 1)[1].split(" > ")[0]
+        assert command.split(" -m fipo ", 1)[1] == (
+            f"eval --model QwenPilot/FIPO_32B --revision main --benchmark {benchmark} --backend vllm --scorer math_dapo "
+            "--cons-unanswered vote --n 32 --temperature 1.0 --top-p 0.7 --max-tokens 20480 --tensor-parallel-size 4 "
+            f"--data-dir data --out {results}/released/eval/{benchmark} --on-change restart")
+        assert re.search(r"gpu=4\b", block)
+        doctor = blocks[("doctor", f"{results}/doctor/released/{benchmark}.ok")]
+        assert f"fipo doctor --preset qwen2.5-32b --stage released --results-dir {tmp_path} --data-dir data " \
+               f"--benchmark {benchmark} --marker {results}/doctor/released/{benchmark}.ok" in doctor
+    assert f"-m fipo released-table --preset qwen2.5-32b --results-dir {tmp_path} >" in out.stdout
+
+
+def test_released_target_is_refused_where_no_released_model_is_declared(tmp_path):
+    out = snakemake("-n", "released", results=tmp_path)
+    assert out.returncode != 0
+    assert ("target released: preset 'tiny' declares no released model (a 'released:' section in "
+            "config/presets/tiny.yaml); presets that do: qwen2.5-32b") in out.stdout
+    assert not (tmp_path / "tiny").exists()
+
+
 @pytest.mark.parametrize("family", sorted(ablations("tiny")))
 def test_each_ablation_target_plans_only_its_runs(family, tmp_path):
     members = set(ablations("tiny")[family])

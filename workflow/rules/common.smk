@@ -15,7 +15,7 @@ from snakemake.utils import validate
 
 from fipo import data as fipo_data
 from fipo.analysis import catalog
-from fipo.experiment import SpecError, ablations, evaluation, list_experiments, list_presets, load_all
+from fipo.experiment import SpecError, ablations, evaluation, list_experiments, list_presets, load_all, released
 from fipo.provenance import project_version
 from fipo.run_folder import spec_fingerprint
 
@@ -100,6 +100,7 @@ try:
     SPECS = {exp.name: exp for exp in load_all(PRESET)}
     EVAL = evaluation(PRESET)
     ABLATIONS = ablations(PRESET)
+    RELEASED = released(PRESET)  # the authors' released checkpoint, if the preset declares one (target `released`)
 except SpecError as err:
     _fail(str(err))
 unknown = [e for e in config.get("experiments") or [] if e not in SPECS]
@@ -146,7 +147,20 @@ def train_inputs(wildcards):
     inputs = dataset_files([spec.data.train, *spec.data.val])
     if "${results_dir}" in spec.model.path:  # a model the pipeline makes (tiny)
         inputs.append(f"{RESULTS}/tiny/base_model/tiny_model.json")
+    if spec.trainer.device == "cuda":
+        inputs.append(doctor_marker(f"train/{wildcards.experiment}"))
     return inputs
+
+
+def doctor_marker(job):
+    """The marker `fipo doctor` writes when this machine can run `job` (train/E, eval/E/B, released/B): only
+    GPU jobs of GPU presets wait for one (workflow/rules/doctor.smk)."""
+    return f"{RESULTS}/{PRESET}/doctor/{job}.ok"
+
+
+def eval_doctor(job):
+    """The doctor marker an evaluation waits for: with vLLM only (the transformers backend runs on the CPU)."""
+    return [doctor_marker(job)] if EVAL.backend == "vllm" else []
 
 
 def eval_summary(experiment, benchmark):
@@ -229,12 +243,16 @@ def train_params(wildcards):
 
 
 def eval_params(wildcards, input, output):
+    return eval_command(wildcards.benchmark, Path(output[0]).parent, "--model", input[0])
+
+
+def eval_command(benchmark, out_dir, *model):
+    """`fipo eval` of a model (``model``: its arguments) at the preset's evaluation settings."""
     return cli(
         "eval",
-        "--model",
-        input[0],
+        *model,
         "--benchmark",
-        wildcards.benchmark,
+        benchmark,
         "--backend",
         EVAL.backend,
         "--scorer",
@@ -254,7 +272,7 @@ def eval_params(wildcards, input, output):
         "--data-dir",
         DATA,
         "--out",
-        str(Path(output[0]).parent),
+        str(out_dir),
         "--on-change",
         "restart",
     )
@@ -288,4 +306,61 @@ def papermill(wildcards, input, output):
         "-r",
         "out_dir",
         out_dir,
+    )
+
+
+# ------------------------------------------------------------------------------------ doctor, released model
+
+
+def doctor_job(wildcards):
+    """(kind, experiment or None, benchmark or None) of a doctor marker's job: train/E, eval/E/B, released/B."""
+    kind, *rest = wildcards.job.split("/")
+    if kind == "train":
+        return kind, rest[0], None
+    if kind == "eval":
+        return kind, rest[0], rest[1]
+    return kind, None, rest[0]
+
+
+def doctor_inputs(wildcards):
+    """What the job's check reads that the pipeline makes first: its datasets (and the released model's download)."""
+    kind, experiment, benchmark = doctor_job(wildcards)
+    if kind == "train":
+        spec = SPECS[experiment]
+        return dataset_files([spec.data.train, *spec.data.val])
+    return dataset_files([benchmark]) + ([released_record()] if kind == "released" else [])
+
+
+def doctor_params(wildcards, output):
+    kind, experiment, benchmark = doctor_job(wildcards)
+    parts = ["--preset", PRESET, "--stage", kind, "--results-dir", RESULTS, "--data-dir", DATA]
+    parts += ["--experiment", experiment] if experiment else []
+    parts += ["--benchmark", benchmark] if benchmark else []
+    if kind == "train":
+        parts += ["--ray-address", TRAIN["ray_address"]] if TRAIN.get("ray_address") else []
+        for override in TRAIN_OVERRIDES:
+            parts += ["--override", override]
+    return cli("doctor", *parts, "--marker", output[0])
+
+
+def doctor_gpus(wildcards):
+    """The GPUs of one node of the job it checks (a multi-node run's other nodes are counted through Ray)."""
+    kind, experiment, _ = doctor_job(wildcards)
+    return gpu_resources(SPECS[experiment])["gpu"] if kind == "train" else EVAL.tensor_parallel_size
+
+
+def released_record():
+    """Written by `fipo fetch-model`: the released model's snapshot is in the Hugging Face cache."""
+    return f"{RESULTS}/{PRESET}/released/model.json"
+
+
+def released_tables():
+    return [f"{RESULTS}/{PRESET}/tables/released{suffix}" for suffix in (".csv", ".md", ".tex")]
+
+
+def no_released_model(wildcards):
+    presets = [p for p in list_presets() if released(p)]
+    raise WorkflowError(
+        f"config error: target released: preset {PRESET!r} declares no released model (a 'released:' section in "
+        f"config/presets/{PRESET}.yaml); presets that do: {', '.join(presets) or 'none'}"
     )

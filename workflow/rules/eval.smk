@@ -6,6 +6,7 @@ rule evaluate:
     input:
         f"{RESULTS}/{{preset}}/runs/{{experiment}}/hf/selected",
         lambda wildcards: dataset_files([wildcards.benchmark]),
+        lambda wildcards: eval_doctor(f"eval/{wildcards.experiment}/{wildcards.benchmark}"),
     output:
         f"{RESULTS}/{{preset}}/eval/{{experiment}}/{{benchmark}}/summary.json",
     log:
