@@ -190,25 +190,38 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _float_argument(text: str, expected: str) -> float:
+    """``text`` as a float, or argparse's error saying what was ``expected``."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
 def fraction(text: str) -> float:
     """A share in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    value = _float_argument(text, "a number in (0, 1]")
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
     return value
 
 
-def positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
+def _positive_float(expected: str, must_be: str):
+    """An argparse type: a finite float > 0 (0, negative values, nan and inf are refused)."""
+
+    def parse(text: str) -> float:
+        value = _float_argument(text, expected)
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be {must_be}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_number = _positive_float("a number > 0", "a finite number > 0")
+# a wall-clock limit
+positive_seconds = _positive_float("a number of seconds", "a finite number of seconds > 0")
+
 
 def cmd_doctor(args) -> int:
     """Exit 0 when every check passes (and write --marker), 1 when one fails."""
@@ -233,17 +246,6 @@ def cmd_released_table(args) -> int:
     for path in write_released_table(args.results_dir, args.preset, args.out):
         print(path)
     return 0
-
-
-def positive_seconds(text: str) -> float:
-    """A wall-clock limit: a finite number of seconds > 0 (0, negative values and nan are refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

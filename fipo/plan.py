@@ -162,7 +162,8 @@ def problem_count(dataset: str) -> int:
     return len(read_aime_jsonl(SHIPPED_AIME_DIR / f"{dataset}.jsonl"))
 
 
-def _engine(exp: Experiment, key: str, default):
+def engine_value(exp: Experiment, key: str, default):
+    """A verl key the experiment sets in its engine section, else ``default`` (verl's own default)."""
     value = exp.engine.get(key)
     return default if value is None else value
 
@@ -173,9 +174,9 @@ VERL_GPU_MEMORY_UTILIZATION = 0.5  # verl 0.9.1's default rollout.gpu_memory_uti
 def peak_memory_gib(exp: Experiment, params: int, a: Assumptions) -> float:
     gpus = exp.trainer.nnodes * exp.trainer.n_gpus_per_node
     offload = "actor_rollout_ref.actor.fsdp_config."
-    per_param = (0 if _engine(exp, offload + "param_offload", False) else a.weight_bytes + a.grad_bytes) + (
-        0 if _engine(exp, offload + "optimizer_offload", False) else a.adam_bytes)
-    vllm = _engine(exp, "actor_rollout_ref.rollout.gpu_memory_utilization", VERL_GPU_MEMORY_UTILIZATION)
+    per_param = (0 if engine_value(exp, offload + "param_offload", False) else a.weight_bytes + a.grad_bytes) + (
+        0 if engine_value(exp, offload + "optimizer_offload", False) else a.adam_bytes)
+    vllm = engine_value(exp, "actor_rollout_ref.rollout.gpu_memory_utilization", VERL_GPU_MEMORY_UTILIZATION)
     return per_param * params / gpus / 2**30 + vllm * a.gpu_memory_gib
 
 
@@ -202,7 +203,7 @@ def estimate(exp: Experiment, ev: EvaluationSpec, a: Assumptions = Assumptions()
     val_tokens = validations * sum(problem_count(v) for v in d.val) * exp.validation.n * response
     eval_tokens = sum(problem_count(b) for b in ev.benchmarks) * ev.n * a.response_fraction * ev.max_tokens
     saves = event_count(steps, exp.trainer.save_freq)
-    keep = _engine(exp, "trainer.max_actor_ckpt_to_keep", None)
+    keep = engine_value(exp, "trainer.max_actor_ckpt_to_keep", None)
     kept = saves if keep is None or keep <= 0 else min(saves, keep)
     return Estimate(
         experiment=exp.name, gpus=gpus, steps=steps,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from fipo.experiment import EvaluationSpec, Experiment
-from fipo.plan import MODELS, Assumptions
+from fipo.plan import MODELS, Assumptions, engine_value
 
 GIB = 1 << 30
 CUDA_OVERHEAD_BYTES = 2 * GIB  # CUDA context, NCCL buffers, allocator slack
@@ -89,27 +89,23 @@ def vllm_gpu_bytes(shape: ModelShape, tensor_parallel: int, max_tokens: int, uti
     return needed / utilization
 
 
-def _engine(exp: Experiment, key: str, default):
-    return exp.engine.get(key, default)
-
-
 def training_gpu_bytes(exp: Experiment, shape: ModelShape) -> float:
     """Peak memory per GPU of a verl run of ``exp``: the larger of the vLLM rollout and the FSDP actor update."""
     sequence = exp.data.max_prompt_length + exp.data.max_response_length
     rollout = vllm_gpu_bytes(
         shape,
-        int(_engine(exp, "actor_rollout_ref.rollout.tensor_model_parallel_size", 2)),  # verl's defaults
+        int(engine_value(exp, "actor_rollout_ref.rollout.tensor_model_parallel_size", 2)),  # verl's defaults
         sequence,
-        float(_engine(exp, "actor_rollout_ref.rollout.gpu_memory_utilization", 0.5)),
+        float(engine_value(exp, "actor_rollout_ref.rollout.gpu_memory_utilization", 0.5)),
     )
     world = exp.trainer.nnodes * exp.trainer.n_gpus_per_node
-    offload = all(_engine(exp, f"actor_rollout_ref.actor.fsdp_config.{k}_offload", False) for k in ("param", "optimizer"))
+    offload = all(engine_value(exp, f"actor_rollout_ref.actor.fsdp_config.{k}_offload", False) for k in ("param", "optimizer"))
     state = shape.params * (2 if offload else 16) / world
-    if _engine(exp, "actor_rollout_ref.actor.use_dynamic_bsz", False):
-        tokens = int(_engine(exp, "actor_rollout_ref.actor.ppo_max_token_len_per_gpu", 16384))
+    if engine_value(exp, "actor_rollout_ref.actor.use_dynamic_bsz", False):
+        tokens = int(engine_value(exp, "actor_rollout_ref.actor.ppo_max_token_len_per_gpu", 16384))
     else:
-        tokens = int(_engine(exp, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", 1)) * sequence
-    tokens = max(tokens, sequence) // int(_engine(exp, "actor_rollout_ref.actor.ulysses_sequence_parallel_size", 1))
+        tokens = int(engine_value(exp, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", 1)) * sequence
+    tokens = max(tokens, sequence) // int(engine_value(exp, "actor_rollout_ref.actor.ulysses_sequence_parallel_size", 1))
     activations = tokens * shape.hidden * shape.layers * 2 + tokens * shape.vocab * 4 * 2
     return max(rollout, state + activations) + CUDA_OVERHEAD_BYTES
 
