@@ -211,6 +211,7 @@ class RunFolder:
         run stopped in between would resume after a step whose metrics are lost for good. Then resume from the
         checkpoint before it (or from scratch) and train that step again."""
         from fipo.eval.checkpoints import checkpoint_steps
+        from fipo.verl_command import hydra_value  # imports this module: imported here, not at the top
 
         latest = self.latest_checkpoint()
         if latest is None:
@@ -219,8 +220,9 @@ class RunFolder:
         if LOGGED_STEP_MARKER in steps.get(latest, {}):
             return overrides
         earlier = [s for s in checkpoint_steps(self.checkpoints) if s < latest]
+        # Quoted for Hydra: a run folder may lie under a path with a space, '#' or non-ASCII characters.
         resume = (["trainer.resume_mode=resume_path",
-                   f"trainer.resume_from_path={self.checkpoints / f'global_step_{earlier[-1]}'}"]
+                   f"trainer.resume_from_path={hydra_value(str(self.checkpoints / f'global_step_{earlier[-1]}'))}"]
                   if earlier else ["trainer.resume_mode=disable"])
         log(f"[fipo] checkpoint {latest} was saved but its metrics were never logged: "
             f"{'resuming from step ' + str(earlier[-1]) if earlier else 'starting over'} to train step {latest} again")

@@ -91,6 +91,22 @@ def test_a_checkpoint_without_its_metrics_is_trained_again_from_the_one_before(t
         f"trainer.resume_from_path={run.checkpoints / 'global_step_1'}"]
 
 
+def test_the_resume_path_reaches_hydra_intact_under_an_odd_folder(tmp_path):
+    """CI's smoke run lies under 'résultats #1': an unquoted resume path stopped Hydra's lexer at the space."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    odd = tmp_path / "résultats #1" / "it's ${x}"
+    odd.mkdir(parents=True)
+    run = make_run(odd, [1, 2], 2, [1])
+    overrides = run.resume_point(BASE, log=lambda m: None)
+    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}
+    # As verl reads it: Hydra's value, then OmegaConf's resolution (which turns '\${' back into '${').
+    resolved = OmegaConf.create({k.replace(".", "_"): v for k, v in parsed.items()})
+    assert resolved.trainer_resume_from_path == str(run.checkpoints / "global_step_1")
+    assert resolved.trainer_resume_mode == "resume_path"
+
+
 def test_the_first_checkpoint_without_its_metrics_starts_over(tmp_path):
     out = make_run(tmp_path, [2], 2, []).resume_point(BASE, log=lambda m: None)
     assert out == ["trainer.total_training_steps=4", "trainer.resume_mode=disable"]
