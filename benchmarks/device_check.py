@@ -18,12 +18,15 @@ Steps, each recorded in the JSON even when an earlier one failed:
     for float32 and bfloat16 inputs: future_kl against the dense O(L^2) oracle and, at the production shape,
     float64 Listing 1; the FIPO loss (Future-KL, influence weight f, per-token loss, token-mean value, and the
     gradient w.r.t. log_prob) against PAPER.md Eq. 3-8 in float64; edge cases (empty mask, length 1, and
-    length 0 for future_kl). Tolerances are worst-case bounds derived from the input dtype's rounding,
+    length 0 for future_kl), for each backend of future_kl: the torch path, and the Triton kernels
+    (fipo/future_kl_triton.py; on a CPU only under TRITON_INTERPRET=1, otherwise recorded as skipped). The loss
+    runs the backend production would pick here (the JSON's future_kl_auto_backend). Tolerances are worst-case bounds derived from the input dtype's rounding,
     relative to the magnitude of what is summed (see loss_tolerances); each error is reported as max |err|, as
     max |err| / tolerance (pass: <= 1) and as ||err|| / ||ref||. Ratios within rounding of a clip, filter or
     safety threshold are moved off it first (the JSON counts them), since there the result is legitimately
     either side.
-(b) Future-KL (tau = 32) at B in {8, 64}, L = 20480, float32 and bfloat16 input, bool mask, timed against a
+(b) Future-KL (tau = 32) at B in {8, 64}, L = 20480, float32 and bfloat16 input, bool mask, each backend
+    (Triton on CUDA only), timed against a
     device-to-device copy of the same number of bytes in the same run. Bytes counted for the op: read delta
     (B*L*itemsize) and mask (B*L*1), write the float32 result (B*L*4); the copy moves half of that from one
     buffer to another (read + written = the same total). CUDA events, warm-up, median of repeats; the L2 cache
@@ -32,7 +35,8 @@ Steps, each recorded in the JSON even when an earlier one failed:
     call was queued before the GPU reached it). Also recorded: the bytes the torch implementation's own aten
     ops read and write (counted by a dispatch mode; they bound the ratio it can reach), a CUDA-graph replay of
     the same call (no launch gaps), an isolated call's time, and a large copy (the card's copy bandwidth).
-    The issue's target: B = 64, L = 20480, float32 at >= 50 % of the copy's bandwidth, reported met or not met.
+    The issue's target: B = 64, L = 20480, float32 at >= 50 % of the copy's bandwidth, reported met or not met
+    for the backend production runs on this device, with every backend's ratio beside it.
 (c) The FIPO loss forward + backward (token-mean) against verl's vanilla PPO loss (clip, dual clip,
     token-mean) restated in plain torch (fipo.references.vanilla_ppo_loss; verl is not needed), same shapes,
     float32. Both read metrics to the host inside the call, so these are per-call times (events around the
@@ -51,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import re
 import secrets
@@ -72,7 +77,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten  # noqa: E402
 
 import fipo  # noqa: E402
-from fipo.future_kl import future_kl, future_kl_listing1, future_kl_reference  # noqa: E402
+from fipo.future_kl import future_kl, future_kl_listing1, future_kl_reference, resolve_backend  # noqa: E402
 from fipo.loss import FIPOParams, fipo_policy_loss  # noqa: E402
 from fipo.references import future_kl_magnitude, paper_loss_float64, token_mean, vanilla_ppo_loss  # noqa: E402
 
@@ -83,6 +88,9 @@ CHECK_NAMES = (
     "future_kl.float32",
     "future_kl.bfloat16",
     "future_kl.edge_cases",
+    "future_kl_triton.float32",
+    "future_kl_triton.bfloat16",
+    "future_kl_triton.edge_cases",
     "fipo_loss.float32",
     "fipo_loss.bfloat16",
     "fipo_loss.edge_cases",
@@ -224,9 +232,10 @@ def make_mask(kind: str, batch: int, length: int, gen: torch.Generator) -> torch
 # ------------------------------------------------------------------------------------ (a) correctness
 
 
-def future_kl_case(delta: torch.Tensor, mask: torch.Tensor, tau: float, fkl64, label: dict) -> dict:
+def future_kl_case(delta: torch.Tensor, mask: torch.Tensor, tau: float, fkl64, label: dict,
+                   backend: str = "torch") -> dict:
     """future_kl on ``delta`` (its own dtype) against ``fkl64`` on the same values in float64."""
-    got = future_kl(delta, mask, tau)
+    got = future_kl(delta, mask, tau, backend=backend)
     x64 = delta.double()
     ref = fkl64(x64, mask, tau)
     # Float32 accumulation: error within 1e-5 of the sum of |terms| (as tests/test_future_kl.py allows).
@@ -236,7 +245,20 @@ def future_kl_case(delta: torch.Tensor, mask: torch.Tensor, tau: float, fkl64, l
     return {**label, "out_dtype": str(got.dtype).removeprefix("torch."), "future_kl": stats, "pass": ok}
 
 
-def check_future_kl(dtype: torch.dtype, plan: Plan, device: torch.device, gen: torch.Generator) -> dict:
+def triton_unavailable(device: torch.device) -> str | None:
+    """Why the Triton backend cannot be checked here, or None. On a CPU it runs under Triton's interpreter when
+    TRITON_INTERPRET=1 is set (slow: checks only, no timing)."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "skipped: no CUDA (TRITON_INTERPRET=1 runs the Triton kernel on the CPU)"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "skipped: triton missing"
+    return None
+
+
+def check_future_kl(dtype: torch.dtype, plan: Plan, device: torch.device, gen: torch.Generator,
+                    backend: str = "torch") -> dict:
     cases = []
     kinds = ("holes", "prefix", "some_rows_empty")
     for batch, length in plan.oracle_cases:
@@ -245,40 +267,40 @@ def check_future_kl(dtype: torch.dtype, plan: Plan, device: torch.device, gen: t
             delta = (torch.randn(batch, length, generator=gen) * 0.5).to(dtype).to(device)
             mask = make_mask(kind, batch, length, gen).to(device)
             label = {"B": batch, "L": length, "tau": tau, "mask": kind, "reference": "dense O(L^2) oracle"}
-            cases.append(future_kl_case(delta, mask, tau, future_kl_reference, label))
+            cases.append(future_kl_case(delta, mask, tau, future_kl_reference, label, backend))
     batch, length = plan.long_case
     delta = (torch.randn(batch, length, generator=gen) * 0.5).to(dtype).to(device)
     mask = make_mask("holes", batch, length, gen).to(device)
     label = {"B": batch, "L": length, "tau": TAU, "mask": "holes", "reference": "float64 Listing 1"}
-    cases.append(future_kl_case(delta, mask, TAU, future_kl_listing1, label))
-    return summarize_cases(cases, ("future_kl",))
+    cases.append(future_kl_case(delta, mask, TAU, future_kl_listing1, label, backend))
+    return {"backend": backend, **summarize_cases(cases, ("future_kl",))}
 
 
-def check_future_kl_edges(device: torch.device, gen: torch.Generator) -> dict:
+def check_future_kl_edges(device: torch.device, gen: torch.Generator, backend: str = "torch") -> dict:
     cases = []
     for name, dtype in DTYPES.items():
         # empty mask over garbage (NaN, inf) in the padding: exactly zero, nothing leaks
         delta = torch.randn(3, 50, generator=gen).to(dtype)
         delta[:, 7], delta[:, 20] = float("nan"), float("inf")
-        out = future_kl(delta.to(device), torch.zeros(3, 50, dtype=torch.bool, device=device), TAU)
+        out = future_kl(delta.to(device), torch.zeros(3, 50, dtype=torch.bool, device=device), TAU, backend=backend)
         ok = out.shape == (3, 50) and bool(torch.isfinite(out).all()) and bool((out == 0).all())
         cases.append({"case": "empty mask", "dtype": name, "pass": ok})
         # length 1: the masked input itself, exactly
         delta = torch.randn(4, 1, generator=gen).to(dtype).to(device)
         mask = torch.tensor([[True], [False], [True], [False]], device=device)
-        out = future_kl(delta, mask, TAU)
+        out = future_kl(delta, mask, TAU, backend=backend)
         expected = torch.where(mask, delta.float(), torch.zeros((), device=device))
         cases.append({"case": "length 1", "dtype": name, "pass": bool(torch.equal(out, expected))})
         # length 0 and batch 0: the shape comes back
         shapes = [(3, 0), (0, 17)]
         ok = all(
             future_kl(torch.zeros(s, dtype=dtype, device=device), torch.zeros(s, dtype=torch.bool, device=device),
-                      TAU).shape == s
+                      TAU, backend=backend).shape == s
             for s in shapes
         )
         cases.append({"case": "length 0, batch 0", "dtype": name, "pass": ok})
-    return {"status": "pass" if all(c["pass"] for c in cases) else "fail", "cases_run": len(cases),
-            "cases_failed": sum(not c["pass"] for c in cases), "cases": cases}
+    return {"backend": backend, "status": "pass" if all(c["pass"] for c in cases) else "fail",
+            "cases_run": len(cases), "cases_failed": sum(not c["pass"] for c in cases), "cases": cases}
 
 
 def thresholds(p: FIPOParams) -> list[float]:
@@ -567,28 +589,47 @@ def copy_call(nbytes: int, device: torch.device):
     return lambda: dst.copy_(src), 2 * half
 
 
+def timed_backends(device: torch.device) -> list[str]:
+    """torch everywhere; Triton on CUDA where it imports (under the interpreter a timing would mean nothing)."""
+    return ["torch"] + (["triton"] if device.type == "cuda" and triton_unavailable(device) is None else [])
+
+
+def kernel_traffic(backend: str, batch: int, length: int, itemsize: int) -> dict | None:
+    """The Triton path's traffic by construction (its kernels are not aten ops, so the dispatch counter cannot
+    see them): delta and mask read twice (tile heads, then the output pass; the second read may hit L2), the
+    float32 result written once, the tile heads and their carries (4 bytes per tile, three times)."""
+    if backend != "triton":
+        return None
+    from fipo.future_kl_triton import BLOCK
+
+    tiles = -(-length // BLOCK)
+    nbytes = batch * length * (2 * (itemsize + 1) + 4) + (batch * tiles * 4 * 3 if tiles > 1 else 0)
+    return {"aten_ops": 0, "bytes": nbytes, "ops": {"triton kernels": 3 if tiles > 1 else 1},
+            "counted": "by construction (fipo/future_kl_triton.py), not by the dispatch counter"}
+
+
 def time_future_kl(plan: Plan, device: torch.device, gen: torch.Generator, flush: torch.Tensor) -> dict:
     rows = []
     timing = {"repeats": plan.repeats, "warmup": plan.warmup, "flush": flush}
-    for batch, length in plan.timing_shapes:
+    for (batch, length), backend in [(shape, b) for shape in plan.timing_shapes for b in timed_backends(device)]:
         for name, dtype in DTYPES.items():
             delta = (torch.randn(batch, length, generator=gen) * 0.3).to(dtype).to(device)
             mask = (torch.rand(batch, length, generator=gen) < 0.9).to(device)
 
-            def op(delta=delta, mask=mask):
-                return future_kl(delta, mask, TAU)
+            def op(delta=delta, mask=mask, backend=backend):
+                return future_kl(delta, mask, TAU, backend=backend)
 
             nbytes = batch * length * (delta.element_size() + mask.element_size() + 4)
             copy, copy_bytes = copy_call(nbytes, device)
             op_t = time_call(op, device, **timing)
             copy_t = time_call(copy, device, **timing)
             isolated = time_call(op, device, repeats=plan.repeats, warmup=plan.warmup, flush=flush, queue_ahead=False)
-            traffic = count_traffic(op)
+            traffic = kernel_traffic(backend, batch, length, delta.element_size()) or count_traffic(op)
             graph = time_cuda_graph(op, device, **timing)
             op_bw = nbytes / op_t["median_s"]
             copy_bw = copy_bytes / copy_t["median_s"]
             row = {
-                "B": batch, "L": length, "dtype": name, "tau": TAU,
+                "B": batch, "L": length, "dtype": name, "tau": TAU, "backend": backend,
                 "bytes": nbytes,
                 "bytes_counted": f"read delta {batch}*{length}*{delta.element_size()} + mask {batch}*{length}*1, "
                                  f"write float32 {batch}*{length}*4",
@@ -604,7 +645,8 @@ def time_future_kl(plan: Plan, device: torch.device, gen: torch.Generator, flush
     large, large_bytes = copy_call(plan.large_copy_bytes, device)
     large_t = time_call(large, device, repeats=max(5, plan.repeats // 5), warmup=2)
     large_copy = {"bytes": large_bytes, **large_t, "GBps": large_bytes / large_t["median_s"] / 1e9}
-    return {"rows": rows, "large_copy": large_copy}
+    return {"rows": rows, "large_copy": large_copy,
+            "auto_backend": resolve_backend(torch.empty(1, 1, device=device))}
 
 
 def judge_target(fkl: dict, plan: Plan, device: torch.device) -> dict:
@@ -613,7 +655,14 @@ def judge_target(fkl: dict, plan: Plan, device: torch.device) -> dict:
                            f"{TARGET_RATIO:.0%} of the bandwidth of a copy of the same bytes"}
     if device.type != "cuda":
         return {**base, "status": NO_CUDA}
-    row = next((r for r in fkl["rows"] if (r["B"], r["L"], r["dtype"]) == (batch, length, "float32")), None)
+    # Judged on what production calls run on this device ("auto": Triton where it imports and passed its
+    # first-use check, else torch); every backend's ratio is reported beside it.
+    backend = fkl.get("auto_backend", "torch")
+    rows = {}
+    for r in fkl["rows"]:
+        if (r["B"], r["L"], r["dtype"]) == (batch, length, "float32"):
+            rows.setdefault(r.get("backend", "torch"), r)
+    row = rows.get(backend)
     if row is None:
         return {**base, "status": f"not run: --small times other shapes than B={batch}, L={length}"}
     ratio, bound = row["bandwidth_ratio"], row["traffic"]["ratio_bound"]
@@ -626,10 +675,13 @@ def judge_target(fkl: dict, plan: Plan, device: torch.device) -> dict:
                            f"would reach at most {bound:.0%}")
         if graph_ratio is not None:
             reasons.append(f"without launch gaps (CUDA-graph replay) it reaches {graph_ratio:.1%}")
-        reasons.append(f"it runs {row['traffic']['aten_ops']} aten ops where one fused kernel (one read of delta "
-                       "and mask, one write) would do: a Triton kernel is the next step")
-    return {**base, "status": "met" if met else "not met", "ratio": ratio, "ratio_bound_by_traffic": bound,
-            "graph_ratio": graph_ratio, "why": "; ".join(reasons)}
+        if backend == "torch":
+            reasons.append(f"it runs {row['traffic']['aten_ops']} aten ops where the Triton backend's kernels read "
+                           "delta and mask twice and write once" + ("" if "triton" in rows else
+                                                                   " (not timed here: triton missing)"))
+    return {**base, "backend": backend, "status": "met" if met else "not met", "ratio": ratio,
+            "ratio_bound_by_traffic": bound, "graph_ratio": graph_ratio,
+            "ratio_by_backend": {b: r["bandwidth_ratio"] for b, r in rows.items()}, "why": "; ".join(reasons)}
 
 
 # ------------------------------------------------------------------------------------ (c) loss timing
@@ -799,7 +851,7 @@ def print_summary(report: dict, out: Path) -> None:
     print("checks (max |err|, max |err| / tolerance: pass <= 1):")
     for name in CHECK_NAMES:
         c = report["checks"].get(name, {"status": "missing"})
-        line = f"  {name:<22} {c['status'].splitlines()[0][:100]}"
+        line = f"  {name:<28} {c['status'].splitlines()[0][:100]}"
         if "max_err_over_tol" in c:
             line += f"  max|err| {fmt(c['max_abs_err'])}  err/tol {fmt(c['max_err_over_tol'], '.2g')}"
         if "cases_run" in c:
@@ -809,12 +861,12 @@ def print_summary(report: dict, out: Path) -> None:
     if "rows" in fkl:
         print("Future-KL vs a copy of the same bytes (read delta + mask, write float32), medians; bound: the ratio "
               "its aten ops' traffic allows; graph: CUDA-graph replay; ahead: repeats queued before the GPU got there")
-        print(f"  {'B':>3} {'L':>6} {'dtype':>8} {'MB':>6} {'op us':>9} {'copy us':>8} {'op GB/s':>8} "
+        print(f"  {'backend':>7} {'B':>3} {'L':>6} {'dtype':>8} {'MB':>6} {'op us':>9} {'copy us':>8} {'op GB/s':>8} "
               f"{'copy GB/s':>9} {'ratio':>6} {'bound':>6} {'graph':>6} {'ops':>4}  ahead")
         for r in fkl["rows"]:
             g = r["graph"].get("bandwidth_ratio")
             graph = format(g, ".1%") if g is not None else "n/a"
-            print(f"  {r['B']:>3} {r['L']:>6} {r['dtype']:>8} {r['bytes'] / 1e6:>6.2f} "
+            print(f"  {r.get('backend', 'torch'):>7} {r['B']:>3} {r['L']:>6} {r['dtype']:>8} {r['bytes'] / 1e6:>6.2f} "
                   f"{r['op']['median_s'] * 1e6:>9.1f} {r['copy']['median_s'] * 1e6:>8.1f} {r['op_GBps']:>8.1f} "
                   f"{r['copy_GBps']:>9.1f} {r['bandwidth_ratio']:>6.1%} {r['traffic']['ratio_bound']:>6.1%} "
                   f"{graph:>6} {r['traffic']['aten_ops']:>4}  {r['op']['queued_ahead']}")
@@ -836,6 +888,11 @@ def print_summary(report: dict, out: Path) -> None:
     s = report["summary"]
     print(f"summary: {s['passed']} passed, {s['failed']} failed, {s['errors']} errors, {s['skipped']} skipped; "
           f"JSON: {out}")
+
+
+def skipped(device: torch.device) -> dict | None:
+    why = triton_unavailable(device)
+    return {"status": why} if why else None
 
 
 def parse_args(argv):
@@ -874,6 +931,9 @@ def main(argv=None) -> int:
         "plan": plan.name,
         "seed": seed,
         "argv": sys.argv[1:] if argv is None else list(argv),
+        # What the loss checks and production calls run here (fipo.future_kl "auto": the Triton kernel on CUDA
+        # when it imports and agrees with the torch path at first use; the torch path otherwise).
+        "future_kl_auto_backend": resolve_backend(torch.empty(1, 1, device=device)),
         "checks": {},
         "timings": {},
     }
@@ -884,6 +944,11 @@ def main(argv=None) -> int:
         ("checks", "future_kl.float32", lambda: check_future_kl(torch.float32, plan, device, gen)),
         ("checks", "future_kl.bfloat16", lambda: check_future_kl(torch.bfloat16, plan, device, gen)),
         ("checks", "future_kl.edge_cases", lambda: check_future_kl_edges(device, gen)),
+        ("checks", "future_kl_triton.float32",
+         lambda: skipped(device) or check_future_kl(torch.float32, plan, device, gen, "triton")),
+        ("checks", "future_kl_triton.bfloat16",
+         lambda: skipped(device) or check_future_kl(torch.bfloat16, plan, device, gen, "triton")),
+        ("checks", "future_kl_triton.edge_cases", lambda: skipped(device) or check_future_kl_edges(device, gen, "triton")),
         ("checks", "fipo_loss.float32", lambda: check_fipo_loss(torch.float32, plan, device, gen)),
         ("checks", "fipo_loss.bfloat16", lambda: check_fipo_loss(torch.bfloat16, plan, device, gen)),
         ("checks", "fipo_loss.edge_cases", lambda: check_fipo_loss_edges(device, gen)),

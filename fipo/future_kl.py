@@ -17,15 +17,26 @@ No implementation ever forms gamma^(-t): every power used has a non-negative exp
 underflow (to zero, harmlessly), never overflow, whatever L and tau are.
 
 The ratio filter of FIPO is not applied here: the caller builds ``mask`` (response mask AND ratio <= c).
+
+Backends of the production function and of :func:`discounted_reverse_cumsum`: ``"torch"`` (the blocked scan
+above, any device and dtype) and ``"triton"`` (``fipo.future_kl_triton``: fused kernels for CUDA tensors in
+float32/bfloat16/float16, one read of the input and one write). ``"auto"``, the default, takes Triton for a
+CUDA tensor it supports when triton imports and the kernel agreed with the torch path on this device at its
+first use (a one-time check, so a GPU where the kernel misbehaves falls back to torch with a warning rather than
+train on wrong weights); otherwise torch. ``FIPO_FUTURE_KL_BACKEND`` sets the default for every call.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import warnings
 
 import torch
 
 __all__ = [
+    "BACKENDS",
+    "resolve_backend",
     "gamma_from_tau",
     "future_kl",
     "future_kl_reference",
@@ -35,6 +46,69 @@ __all__ = [
 
 # 32 measured fastest on CPU (benchmarks/bench_future_kl.py); any K >= 2 gives the same result.
 DEFAULT_CHUNK_SIZE = 32
+BACKENDS = ("auto", "torch", "triton")
+BACKEND_ENV = "FIPO_FUTURE_KL_BACKEND"
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_triton_verified: dict[str, bool] = {}  # device -> the kernel agreed with the torch path there
+
+
+def _triton_module():
+    """fipo.future_kl_triton, or None where triton is not installed."""
+    try:
+        from fipo import future_kl_triton
+    except ImportError:
+        return None
+    return future_kl_triton
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_agrees_here(device: torch.device) -> bool:
+    """The first use of the kernel on a device: a (2, 2500) case (three tiles, one level of carry) against the
+    torch path. Differences beyond float32 rounding mean the kernel is wrong on this GPU: warn, use torch."""
+    key = str(device)
+    if key not in _triton_verified:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 2500, generator=gen).to(device)
+        mask = (torch.rand(2, 2500, generator=gen) < 0.8).to(device)
+        gamma = gamma_from_tau(32.0)
+        want = _torch_discounted_reverse_cumsum(torch.where(mask, x, torch.zeros((), device=device)), gamma,
+                                                DEFAULT_CHUNK_SIZE)
+        try:
+            got = _triton_module().discounted_reverse_cumsum_triton(x, gamma, mask)
+            ok = bool(torch.allclose(got, want, rtol=1e-4, atol=1e-4))
+            why = f"max |difference| {(got - want).abs().max().item():.3g}"
+        except Exception as exc:  # a compiler or driver error: the torch path still works
+            ok, why = False, f"{type(exc).__name__}: {exc}"
+        if not ok:
+            warnings.warn(f"fipo.future_kl: the Triton kernel disagrees with the torch path on {device} ({why}); "
+                          f"using torch there. Set {BACKEND_ENV}=torch to skip this check.", stacklevel=3)
+        _triton_verified[key] = ok
+    return _triton_verified[key]
+
+
+def resolve_backend(x: torch.Tensor, backend: str | None = None) -> str:
+    """The backend a call on ``x`` runs: ``backend``, else $FIPO_FUTURE_KL_BACKEND, else "auto" (see the module
+    docstring). "triton" where it cannot run is an error that says why, never a silent fallback."""
+    name = backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")
+    if name not in BACKENDS:
+        source = "backend" if backend is not None else f"${BACKEND_ENV}"
+        raise ValueError(f"{source}={name!r}: allowed {', '.join(BACKENDS)}")
+    if name == "torch":
+        return "torch"
+    runnable = (x.is_cuda or _interpreting()) and x.dtype in _TRITON_DTYPES
+    if name == "triton":
+        if _triton_module() is None:
+            raise ImportError("Future-KL backend 'triton' needs the triton package (pip install triton)")
+        if not runnable:
+            raise ValueError(f"Future-KL backend 'triton' runs on CUDA tensors of {', '.join(map(str, _TRITON_DTYPES))} "
+                             f"(or CPU ones under TRITON_INTERPRET=1); got a {x.dtype} tensor on {x.device}")
+        return "triton"
+    if x.is_cuda and x.dtype in _TRITON_DTYPES and _triton_module() is not None and _triton_agrees_here(x.device):
+        return "triton"
+    return "torch"
 
 
 def gamma_from_tau(tau: float) -> float:
@@ -93,12 +167,21 @@ def _tail_powers(gamma: float, size: int, dtype: torch.dtype, device: torch.devi
     return _decay_powers(gamma, torch.arange(size, 0, -1, device=device), dtype)
 
 
-def discounted_reverse_cumsum(x: torch.Tensor, gamma: float, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+def discounted_reverse_cumsum(
+    x: torch.Tensor, gamma: float, chunk_size: int = DEFAULT_CHUNK_SIZE, backend: str | None = None
+) -> torch.Tensor:
     """y_t = sum_{k >= t} gamma^(k - t) x_k along the last dim of a (batch, length) tensor, in x's dtype.
+    ``backend``: see the module docstring (``chunk_size`` is the torch path's block size)."""
+    if chunk_size < 2:
+        raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
+    if resolve_backend(x, backend) == "triton":
+        return _triton_module().discounted_reverse_cumsum_triton(x, gamma)
+    return _torch_discounted_reverse_cumsum(x, gamma, chunk_size)
 
-    Blocked scan: intra-block (K x K) matmul, then the block heads are the same problem with decay gamma^K,
-    solved by recursion (depth log_K(L)), and carried back into each block.
-    """
+
+def _torch_discounted_reverse_cumsum(x: torch.Tensor, gamma: float, chunk_size: int) -> torch.Tensor:
+    """The torch path. Blocked scan: intra-block (K x K) matmul, then the block heads are the same problem with
+    decay gamma^K, solved by recursion (depth log_K(L)), and carried back into each block."""
     if chunk_size < 2:
         raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
     batch, length = x.shape
@@ -119,7 +202,7 @@ def discounted_reverse_cumsum(x: torch.Tensor, gamma: float, chunk_size: int = D
     # heads[c] = the local sum at the first position of block c; the sums at the block starts obey
     # S_c = heads_c + gamma^K * S_{c+1}: the same recurrence one level up.
     block_gamma = gamma**chunk_size
-    starts = discounted_reverse_cumsum(local[:, :, 0].contiguous(), block_gamma, chunk_size)  # (B, n)
+    starts = _torch_discounted_reverse_cumsum(local[:, :, 0].contiguous(), block_gamma, chunk_size)  # (B, n)
     # What position j of block c receives from every later block: gamma^(K - j) * S_{c+1}.
     carried_in = torch.nn.functional.pad(starts[:, 1:], (0, 1))  # S_{c+1}, zero past the last block
     tail_powers = _tail_powers(gamma, chunk_size, dtype, device)
@@ -133,16 +216,22 @@ def future_kl(
     tau: float,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     out_dtype: torch.dtype | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Production Future-KL. ``delta``: (batch, length) log-prob shift; ``mask``: bool or 0/1, same shape.
 
     Returns (batch, length) in float32 (float64 for float64 input) unless ``out_dtype`` says otherwise.
     Exact (no approximation), O(batch * length) extra memory, for any float dtype and device.
+    ``backend``: "auto" (default), "torch" or "triton" (module docstring).
     """
     _check_inputs(delta, mask)
     gamma = gamma_from_tau(tau)
     dtype = _accumulation_dtype(delta.dtype)
-    result = discounted_reverse_cumsum(_masked_input(delta, mask, dtype), gamma, chunk_size)
+    if chunk_size < 2:
+        raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
+    if resolve_backend(delta, backend) == "triton":  # the mask is applied inside the kernel: one pass
+        return _triton_module().discounted_reverse_cumsum_triton(delta, gamma, mask, out_dtype=out_dtype or dtype)
+    result = _torch_discounted_reverse_cumsum(_masked_input(delta, mask, dtype), gamma, chunk_size)
     return result if out_dtype is None else result.to(out_dtype)
 
 

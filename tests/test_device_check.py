@@ -36,10 +36,11 @@ dc = load_script()
 
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory):
-    """One CPU run as the device tool would start it: from another folder, nothing on PYTHONPATH."""
+    """One CPU run as the device tool would start it: from another folder, nothing on PYTHONPATH; with Triton's
+    interpreter, so the Triton backend's checks run too (on a GPU they run compiled)."""
     folder = tmp_path_factory.mktemp("device_check")
     out = folder / "result.json"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--cpu", "--small", "--out", str(out)],
         cwd=folder, env=env, capture_output=True, text=True, timeout=900,
@@ -59,8 +60,12 @@ def test_cpu_small_run_passes_every_check_and_records_every_field(cpu_run):
     assert set(report["checks"]) == set(dc.CHECK_NAMES)
     for name, check in report["checks"].items():
         assert check["status"] == "pass", (name, {k: v for k, v in check.items() if k != "cases"})
-    quantities = {"future_kl": {"future_kl"}, "fipo_loss": {"future_kl", "f", "loss_mat", "value", "grad"}}
-    for kind in ("future_kl", "fipo_loss"):
+    quantities = {"future_kl": {"future_kl"}, "future_kl_triton": {"future_kl"},
+                  "fipo_loss": {"future_kl", "f", "loss_mat", "value", "grad"}}
+    assert report["checks"]["future_kl_triton.float32"]["backend"] == "triton"
+    assert report["checks"]["future_kl.float32"]["backend"] == "torch"
+    assert report["future_kl_auto_backend"] == "torch"  # auto never takes the interpreter
+    for kind in quantities:
         for dtype in ("float32", "bfloat16"):
             check = report["checks"][f"{kind}.{dtype}"]
             assert check["cases_run"] > 0 and check["cases_failed"] == 0
@@ -78,8 +83,8 @@ def test_cpu_small_run_passes_every_check_and_records_every_field(cpu_run):
     assert hf["samples"] == hf["prompts"] * hf["n"] > 0
 
     fkl = report["timings"]["future_kl"]
-    expected_rows = [(b, n, d) for b, n in dc.SMALL.timing_shapes for d in ("float32", "bfloat16")]
-    assert [(r["B"], r["L"], r["dtype"]) for r in fkl["rows"]] == expected_rows
+    expected_rows = [(b, n, d, "torch") for b, n in dc.SMALL.timing_shapes for d in ("float32", "bfloat16")]
+    assert [(r["B"], r["L"], r["dtype"], r["backend"]) for r in fkl["rows"]] == expected_rows  # Triton: CUDA only
     for row in fkl["rows"]:
         itemsize = 4 if row["dtype"] == "float32" else 2
         assert row["bytes"] == row["B"] * row["L"] * (itemsize + 1 + 4)
@@ -97,8 +102,21 @@ def test_cpu_small_run_passes_every_check_and_records_every_field(cpu_run):
         assert row["ratio"] == pytest.approx(row["fipo"]["median_s"] / row["vanilla"]["median_s"])
     assert report["target"]["status"] == "not run: no CUDA" and "ratio" not in report["target"]
 
-    assert report["summary"] == {"passed": 7, "failed": 0, "errors": 0, "skipped": 0}
-    assert "summary: 7 passed, 0 failed, 0 errors, 0 skipped" in proc.stdout
+    assert report["summary"] == {"passed": 10, "failed": 0, "errors": 0, "skipped": 0}
+    assert "summary: 10 passed, 0 failed, 0 errors, 0 skipped" in proc.stdout
+
+
+def test_without_cuda_or_the_interpreter_the_triton_checks_say_skipped(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert dc.skipped(torch.device("cpu"))["status"].startswith("skipped: no CUDA")
+    assert dc.timed_backends(torch.device("cpu")) == ["torch"]
+
+
+def test_the_triton_traffic_is_counted_by_construction():
+    t = dc.kernel_traffic("triton", 64, 20480, 4)
+    tiles = 20  # 20480 / 1024
+    assert t["bytes"] == 64 * 20480 * (2 * 5 + 4) + 64 * tiles * 12
+    assert dc.kernel_traffic("torch", 64, 20480, 4) is None
 
 
 def gen():
@@ -106,7 +124,7 @@ def gen():
 
 
 def test_future_kl_check_fails_on_a_wrong_half_life(monkeypatch):
-    monkeypatch.setattr(dc, "future_kl", lambda delta, mask, tau: future_kl(delta, mask, tau * 1.01))
+    monkeypatch.setattr(dc, "future_kl", lambda delta, mask, tau, **kw: future_kl(delta, mask, tau * 1.01, **kw))
     result = dc.check_future_kl(torch.float32, dc.SMALL, torch.device("cpu"), gen())
     assert result["status"] == "fail" and result["max_err_over_tol"] > 1
 
@@ -234,6 +252,7 @@ def test_target_verdict_and_summary_of_a_cuda_report(cpu_run, capsys, ratio, sta
     assert target["graph_ratio"] == row["graph"]["bandwidth_ratio"]
     if status == "not met":
         assert "Triton" in target["why"] and f"{row['traffic']['aten_ops']} aten ops" in target["why"]
+        assert "not timed here: triton missing" in target["why"]  # the dressed CPU report has no Triton row
     else:
         assert target["why"] == ""
     report["target"] = target
@@ -241,6 +260,23 @@ def test_target_verdict_and_summary_of_a_cuda_report(cpu_run, capsys, ratio, sta
     printed = capsys.readouterr().out
     assert f": {status.upper()} (ratio {ratio:.1%})" in printed
     assert f"{row['graph']['bandwidth_ratio']:.1%}" in printed
+
+
+def test_the_target_is_judged_on_the_backend_production_runs(cpu_run):
+    report = cuda_like(cpu_run[1])
+    fkl = report["timings"]["future_kl"]
+    torch_row = next(r for r in fkl["rows"] if r["dtype"] == "float32")
+    kernel_row = {**copy.deepcopy(torch_row), "backend": "triton", "bandwidth_ratio": 0.62}
+    kernel_row["traffic"] = {**dc.kernel_traffic("triton", *dc.FULL.target_shape, 4), "ratio_bound": 0.64}
+    fkl["rows"].append(kernel_row)
+    torch_row["bandwidth_ratio"] = 0.2
+    fkl["auto_backend"] = "triton"
+    target = dc.judge_target(fkl, dc.FULL, torch.device("cuda", 0))
+    assert target["backend"] == "triton" and target["status"] == "met" and target["ratio"] == 0.62
+    assert target["ratio_by_backend"] == {"torch": 0.2, "triton": 0.62}
+    fkl["auto_backend"] = "torch"  # the kernel failed its first-use check on this GPU: torch is what runs
+    target = dc.judge_target(fkl, dc.FULL, torch.device("cuda", 0))
+    assert target["backend"] == "torch" and target["status"] == "not met"
 
 
 def test_small_plan_on_cuda_does_not_claim_the_target():
