@@ -464,6 +464,68 @@ def test_notebooks_rerun_from_their_own_folder_and_follow_a_moved_results_folder
         real.with_name("away").rename(real)
 
 
+def jupyterlab_listing(results: Path, tmp: Path) -> dict:
+    """Start JupyterLab on ``results`` as a user would (`jupyter lab` in that folder, no browser), ask it over HTTP
+    what it serves, stop it. Returns the lab page and the contents API's answers."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:  # a free port on the loopback interface
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = "fipo-test-token"
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp / "config"), "JUPYTER_RUNTIME_DIR": str(tmp / "runtime")}
+    log = open(tmp / "jupyterlab.log", "w")
+    server = subprocess.Popen(
+        # --allow-root: CI (and this project's machines) run as root, where Jupyter refuses to start without it
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={results}"],
+        cwd=results, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def get(path: str):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"token {token}"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            body = answer.read().decode()
+            return json.loads(body) if answer.headers.get_content_type() == "application/json" else body
+
+    try:
+        deadline = time.monotonic() + 180  # a guard against a hang (first start builds nothing: lab is prebuilt)
+        while True:
+            assert server.poll() is None, (tmp / "jupyterlab.log").read_text()[-3000:]
+            try:
+                get("/api/status")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp / "jupyterlab.log").read_text()[-3000:]
+                time.sleep(0.5)
+        return {"lab": get("/lab"), "folder": get("/api/contents/tiny/notebooks"),
+                "fig03": get("/api/contents/tiny/notebooks/fig03.ipynb"),
+                "figure": get("/api/contents/tiny/figures/fig03.png?content=0")}
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+        log.close()
+
+
+def check_jupyterlab_serves(results: Path, tmp: Path) -> None:
+    listing = jupyterlab_listing(results, tmp)
+    assert "JupyterLab" in listing["lab"]
+    served = {item["name"] for item in listing["folder"]["content"]}
+    assert {f"{art.id}.ipynb" for art in catalog.artifacts_for("tiny")} <= served
+    notebook = listing["fig03"]
+    assert notebook["type"] == "notebook" and notebook["content"]["cells"]
+    outputs = [o for c in notebook["content"]["cells"] for o in c.get("outputs", [])]
+    assert outputs and not [o for o in outputs if o.get("output_type") == "error"]
+    assert listing["figure"]["type"] == "file" and listing["figure"]["size"] > 0
+
+
+@pytest.mark.slow
+def test_jupyterlab_starts_and_serves_the_results_folder(smoke, tmp_path):
+    """README, 'Opening the notebooks': JupyterLab itself, not only a kernel, on the pipeline's results."""
+    check_jupyterlab_serves(smoke["results"], tmp_path)
+
+
 @pytest.mark.slow
 def test_smoke_runs_log_what_the_figures_need(smoke):
     from fipo.run_folder import read_steps
