@@ -48,7 +48,7 @@ __all__ = [
 DEFAULT_CHUNK_SIZE = 32
 BACKENDS = ("auto", "torch", "triton")
 BACKEND_ENV = "FIPO_FUTURE_KL_BACKEND"
-_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the Triton kernels take
 _triton_verified: dict[str, bool] = {}  # device -> the kernel agreed with the torch path there
 
 
@@ -98,15 +98,15 @@ def resolve_backend(x: torch.Tensor, backend: str | None = None) -> str:
         raise ValueError(f"{source}={name!r}: allowed {', '.join(BACKENDS)}")
     if name == "torch":
         return "torch"
-    runnable = (x.is_cuda or _interpreting()) and x.dtype in _TRITON_DTYPES
+    runnable = (x.is_cuda or _interpreting()) and x.dtype in TRITON_DTYPES
     if name == "triton":
         if _triton_module() is None:
             raise ImportError("Future-KL backend 'triton' needs the triton package (pip install triton)")
         if not runnable:
-            raise ValueError(f"Future-KL backend 'triton' runs on CUDA tensors of {', '.join(map(str, _TRITON_DTYPES))} "
+            raise ValueError(f"Future-KL backend 'triton' runs on CUDA tensors of {', '.join(map(str, TRITON_DTYPES))} "
                              f"(or CPU ones under TRITON_INTERPRET=1); got a {x.dtype} tensor on {x.device}")
         return "triton"
-    if x.is_cuda and x.dtype in _TRITON_DTYPES and _triton_module() is not None and _triton_agrees_here(x.device):
+    if x.is_cuda and runnable and _triton_module() is not None and _triton_agrees_here(x.device):
         return "triton"
     return "torch"
 
@@ -132,6 +132,11 @@ def _check_inputs(delta: torch.Tensor, mask: torch.Tensor | None) -> None:
         raise TypeError(f"delta must be a floating-point tensor, got {delta.dtype}")
     if mask is not None and mask.shape != delta.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match delta shape {tuple(delta.shape)}")
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if chunk_size < 2:
+        raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
 
 
 def _masked_input(delta: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -172,8 +177,7 @@ def discounted_reverse_cumsum(
 ) -> torch.Tensor:
     """y_t = sum_{k >= t} gamma^(k - t) x_k along the last dim of a (batch, length) tensor, in x's dtype.
     ``backend``: see the module docstring (``chunk_size`` is the torch path's block size)."""
-    if chunk_size < 2:
-        raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
+    _check_chunk_size(chunk_size)
     if resolve_backend(x, backend) == "triton":
         return _triton_module().discounted_reverse_cumsum_triton(x, gamma)
     return _torch_discounted_reverse_cumsum(x, gamma, chunk_size)
@@ -181,9 +185,8 @@ def discounted_reverse_cumsum(
 
 def _torch_discounted_reverse_cumsum(x: torch.Tensor, gamma: float, chunk_size: int) -> torch.Tensor:
     """The torch path. Blocked scan: intra-block (K x K) matmul, then the block heads are the same problem with
-    decay gamma^K, solved by recursion (depth log_K(L)), and carried back into each block."""
-    if chunk_size < 2:
-        raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
+    decay gamma^K, solved by recursion (depth log_K(L)), and carried back into each block. ``chunk_size`` was
+    checked by the public caller."""
     batch, length = x.shape
     if length == 0:
         return x.clone()
@@ -227,8 +230,7 @@ def future_kl(
     _check_inputs(delta, mask)
     gamma = gamma_from_tau(tau)
     dtype = _accumulation_dtype(delta.dtype)
-    if chunk_size < 2:
-        raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
+    _check_chunk_size(chunk_size)
     if resolve_backend(delta, backend) == "triton":  # the mask is applied inside the kernel: one pass
         return _triton_module().discounted_reverse_cumsum_triton(delta, gamma, mask, out_dtype=out_dtype or dtype)
     result = _torch_discounted_reverse_cumsum(_masked_input(delta, mask, dtype), gamma, chunk_size)

@@ -30,10 +30,11 @@ import torch
 import triton
 import triton.language as tl
 
+from fipo.future_kl import TRITON_DTYPES as SUPPORTED_DTYPES
+
 # Positions per program. 1024 keeps 20 programs per row at L = 20480 and one level of recursion up to
 # L = 1024^2; the scan over a tile is log2(1024) = 10 steps.
 BLOCK = 1024
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
@@ -127,7 +128,7 @@ def discounted_reverse_cumsum_triton(
         heads = torch.empty(batch, n_tiles, dtype=torch.float32, device=x.device)
         _tile_kernel[grid](x, mask_arg, heads, heads, length, n_tiles, x.stride(0), mask_stride, 0, heads.stride(0),
                            gamma, BLOCK=block, HAS_MASK=mask is not None, HAS_CARRY=False, STORE=False)
-        # S_c = head_c + gamma^block * S_{c+1}: the same problem, one level up. gamma^BLOCK is formed in float64
+        # S_c = head_c + gamma^block * S_{c+1}: the same problem, one level up. gamma**block is formed in float64
         # and may underflow to 0 (then no tile hears from the next): correct to float32 precision.
         carry = discounted_reverse_cumsum_triton(heads, gamma**block, out_dtype=torch.float32, block=block)
     carry_arg = carry if carry is not None else out
