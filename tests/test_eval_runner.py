@@ -452,10 +452,14 @@ def test_best_checkpoint_ignores_non_finite_scores(tmp_path):
     rng = random.Random()
     steps = sorted(rng.sample(range(1, 200), rng.randint(3, 8)))
     values = {s: rng.random() for s in steps}
-    bad = rng.sample(steps, rng.randint(1, len(steps) - 1))
+    # One step after the first keeps a finite score; the others may be NaN/inf, and the first is NaN (NaN first is
+    # what max() picked before).
+    keep = rng.choice(steps[1:])
+    others = [s for s in steps[1:] if s != keep]
+    bad = [steps[0], *rng.sample(others, rng.randint(0, len(others)))]
     for s in bad:
         values[s] = rng.choice([math.nan, math.inf, -math.inf])
-    values[steps[0]] = math.nan  # NaN first is what max() picked before
+    values[steps[0]] = math.nan
     finite = {s: v for s, v in values.items() if math.isfinite(v)}
     ckpt, metrics = checkpoints_with_metrics(tmp_path, values)
     assert select_step(ckpt, "best", metrics, "val/acc") == max(finite, key=lambda s: (finite[s], -s)), values
