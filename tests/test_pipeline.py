@@ -28,6 +28,11 @@ TRAINING_METRICS = [
     "critic/advantages/mean", "actor/ppo_kl", "actor/entropy", "actor/grad_norm", "actor/pg_clipfrac",
     "actor/pg_clipfrac_lower", "timing_s/step",
 ]
+# The smoke configuration trains five of the tiny preset's twelve experiments (config/smoke.yaml says why); the
+# artifacts of the other seven are made from the five by test_notebooks_of_the_other_artifacts_run_on_the_smoke_runs.
+SMOKE_EXPERIMENTS = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["experiments"]
+SMOKE_ARTIFACTS = [a for a in catalog.artifacts_for("tiny") if set(a.experiments) <= set(SMOKE_EXPERIMENTS)]
+OTHER_ARTIFACTS = [a for a in catalog.artifacts_for("tiny") if a not in SMOKE_ARTIFACTS]
 FIPO_METRICS = ["actor/influence_weights_mean", "actor/influence_weights_min", "actor/influence_weights_max",
                 "actor/IW_overall_clip_ratio", "actor/future_kl_mean", "actor/influence_weights_mean_raw",
                 "actor/neg_is_max", "actor/pos_is_median", "actor/neg_ratio_2_3", "actor/pos_mini_frac"]
@@ -85,6 +90,13 @@ def test_dry_run_plans_every_run_evaluation_figure_and_table(preset, tmp_path):
     assert ("index", f"{tmp_path}/{preset}/index.html") in jobs
     benchmarks = {Path(out).parent.name for r, out in jobs if r == "evaluate"}
     assert benchmarks == ({"tiny-test"} if preset == "tiny" else {"aime2024", "aime2025"})
+
+
+def test_the_smoke_configuration_plans_its_runs_and_only_the_artifacts_they_make(tmp_path):
+    jobs = planned("--configfile", "config/smoke.yaml", results=tmp_path)
+    assert trained(jobs) == set(SMOKE_EXPERIMENTS) < set(list_experiments("tiny"))
+    assert made(jobs, "figure") | made(jobs, "table") == {a.id for a in SMOKE_ARTIFACTS}
+    assert ("index", f"{tmp_path}/tiny/index.html") in jobs
 
 
 def test_gpu_rules_declare_their_resources(tmp_path):
@@ -381,7 +393,8 @@ def smoke(tmp_path_factory, ray_dir):
 @pytest.mark.slow
 def test_smoke_pipeline_writes_every_figure_table_and_the_index(smoke):
     results = smoke["results"]
-    for art in catalog.artifacts_for("tiny"):
+    assert {a.kind for a in SMOKE_ARTIFACTS} == {"figure", "table"} and OTHER_ARTIFACTS
+    for art in SMOKE_ARTIFACTS:
         for path in catalog.outputs(results, "tiny", art):
             assert path.is_file() and path.stat().st_size > 0, path
         executed = json.loads((results / "tiny" / "notebooks" / f"{art.id}.ipynb").read_text())
@@ -389,12 +402,16 @@ def test_smoke_pipeline_writes_every_figure_table_and_the_index(smoke):
         assert not errors, (art.id, errors)
     index = (results / "tiny" / "index.html").read_text()
     links = re.findall(r"(?:href|src)='([^']+)'", index)
-    assert len(links) >= 3 * len(catalog.ARTIFACTS)
+    assert len(links) >= 3 * len(SMOKE_ARTIFACTS)
     assert all((results / "tiny" / link).resolve().is_file() for link in links), links
-    for experiment in list_experiments("tiny"):
+    for art in OTHER_ARTIFACTS:  # not selected: listed as missing, never linked
+        assert not any(p.exists() for p in catalog.outputs(results, "tiny", art)), art.id
+        section = index.split(f"<h2 id='{art.id}'>", 1)[1].split("<h2 ", 1)[0]
+        assert "(missing)" in section, art.id
+    for experiment in SMOKE_EXPERIMENTS:
         summary = json.loads((results / "tiny" / "eval" / experiment / "tiny-test" / "summary.json").read_text())
         assert summary["samples_per_problem"] == 4 and summary["problems"] == 64
-    for experiment in list_experiments("tiny"):  # each run's fingerprint, as its run.json says
+    for experiment in SMOKE_EXPERIMENTS:  # each run's fingerprint, as its run.json says
         record = json.loads((results / "tiny" / "runs" / experiment / "run.json").read_text())
         assert record["fingerprint"][:12] in index
     assert index.count("inputs fingerprint ") == len(catalog.artifacts_for("tiny"))
@@ -418,11 +435,32 @@ def test_snakemake_report_holds_every_figure_and_table_with_its_caption(smoke, t
     assert made.returncode == 0, (made.stdout + made.stderr)[-3000:]
     names = zipfile.ZipFile(out).namelist()
     text = "".join(zipfile.ZipFile(out).read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
-    for art in catalog.artifacts_for("tiny"):
+    for art in SMOKE_ARTIFACTS:
         suffix = ".png" if art.kind == "figure" else ".csv"
         assert any(n.endswith(f"/{art.id}{suffix}") for n in names), art.id
         heading = art.heading("tiny")  # its caption; the report stores captions in JSON (non-ASCII escaped)
         assert heading in text or json.dumps(heading)[1:-1] in text, art.id
+
+
+# FIPO runs of the smoke configuration, for the notebooks whose own runs it does not train: all of those compare
+# FIPO variants (influence-weight panels need FIPO metrics), at most four of them
+STAND_INS = ["fipo", "fipo-cliphigh-1.4", "fipo-maxlen-25k"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("art", OTHER_ARTIFACTS, ids=lambda a: a.id)
+def test_notebooks_of_the_other_artifacts_run_on_the_smoke_runs(art, smoke, tmp_path):
+    """The notebook of each artifact the smoke DAG does not make, on real smoke runs given as its ``experiments``
+    parameter (as a user compares other runs): every cell runs and it writes its outputs. The pairing of these
+    notebooks with their own runs is checked by the plans above (test_each_ablation_target_plans_only_its_runs)."""
+    assert set(STAND_INS) <= set(SMOKE_EXPERIMENTS)
+    stand_ins = STAND_INS[:len(art.experiments)]
+    executed = run_notebook(ROOT / "notebooks" / f"{art.id}.ipynb", ROOT, preset="tiny",
+                            results_dir=str(smoke["results"]), out_dir=str(tmp_path), experiments=stand_ins)
+    assert not [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    suffixes = (".png", ".pdf") if art.kind == "figure" else (".csv", ".md", ".tex")
+    for suffix in suffixes:
+        assert (tmp_path / f"{art.id}{suffix}").stat().st_size > 0, (art.id, suffix)
 
 
 def run_notebook(path, cwd, **parameters):
@@ -530,7 +568,7 @@ def test_jupyterlab_starts_and_serves_the_results_folder(smoke, tmp_path):
 def test_smoke_runs_log_what_the_figures_need(smoke):
     from fipo.run_folder import read_steps
 
-    for experiment in list_experiments("tiny"):
+    for experiment in SMOKE_EXPERIMENTS:
         run = smoke["results"] / "tiny" / "runs" / experiment
         steps = read_steps(run / "metrics.jsonl")
         assert sorted(steps) == [0, 1, 2], experiment
@@ -571,7 +609,7 @@ def test_tensorboard_event_files_hold_what_the_figures_read(smoke):
     from fipo.run_folder import read_steps
 
     runs = smoke["results"] / "tiny" / "runs"
-    run = next(runs / e for e in ("fipo", "fipo-tau8") if runs / e != smoke["victim"])  # one attempt: one event file
+    run = next(runs / e for e in ("fipo", "fipo-cliphigh-1.4") if runs / e != smoke["victim"])  # one attempt: one event file
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     steps = read_steps(run / "metrics.jsonl")
@@ -641,8 +679,9 @@ def test_only_jobs_whose_inputs_changed_rerun(smoke):
 @pytest.mark.slow
 def test_a_notebook_without_a_needed_metric_fails_naming_run_and_metric(smoke, tmp_path):
     results = tmp_path / "results"
-    for experiment in ("fipo", "fipo-raw"):
-        source = smoke["results"] / "tiny" / "runs" / experiment / "metrics.jsonl"
+    # fig09's runs, fipo and fipo-raw, with fipo-cliphigh-1.4's log standing in for fipo-raw's (not trained here)
+    for experiment, trained in (("fipo", "fipo"), ("fipo-raw", "fipo-cliphigh-1.4")):
+        source = smoke["results"] / "tiny" / "runs" / trained / "metrics.jsonl"
         target = results / "tiny" / "runs" / experiment / "metrics.jsonl"
         target.parent.mkdir(parents=True)
         lines = [json.loads(line) for line in source.read_text().splitlines()]
@@ -702,7 +741,8 @@ def test_an_edited_spec_reruns_only_its_run_and_survives_kill_9_of_every_kind_of
     from scratch (the old run moved aside, never resumed into), and only its evaluation and the artifacts that
     show it are redone. On the way, kill -9 Snakemake's whole process group once in each kind of job and rerun
     the same command: everything completes, nothing complete is recomputed, no half-written file is kept, no
-    process is left behind."""
+    process is left behind. While the training runs, a second `fipo train` of the same run is refused; after its
+    kill -9 (a crash: no clean shutdown) it resumes from its checkpoint with every step logged once."""
     results = smoke["results"]
     run, evaluation = results / "tiny" / "runs" / EDITED, results / "tiny" / "eval" / EDITED / "tiny-test"
     affected = {a.id for a in catalog.artifacts_for("tiny") if EDITED in a.experiments}
@@ -761,6 +801,12 @@ def test_an_edited_spec_reruns_only_its_run_and_survives_kill_9_of_every_kind_of
             time.sleep(0.02)
         if victim is None:
             break
+        if victim == "train":  # one trainer per run folder: a second one, from another directory, is refused
+            second = subprocess.run([sys.executable, "-m", "fipo", "train", "--preset", "tiny", "--experiment", EDITED,
+                                     "--data-dir", str(smoke["data"]), "--results-dir", str(results)],
+                                    cwd="/", env=env, capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2 and f"{run} is in use by fipo train" in second.stderr, second.stderr[-3000:]
+            assert process.poll() is None
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
         killed.append(victim)
@@ -781,6 +827,11 @@ def test_an_edited_spec_reruns_only_its_run_and_survives_kill_9_of_every_kind_of
     assert provenance["fingerprint"] != old_fingerprint == json.loads((moved / "provenance.json").read_text())["fingerprint"]
     assert record["fingerprint"] == provenance["fingerprint"] and record["last_step"] == 2
     assert len(list(run.glob("metrics.attempt-*.jsonl"))) == 2  # the killed attempt and its resume
+    # every step logged once in the merged log, though step 1 is in both attempts' files
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(r["step"] for r in logged) == [0, 1, 2], [r["step"] for r in logged]
+    assert all("actor/influence_weights_mean" in r["data"] for r in logged if r["step"] > 0)
+    assert (run / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     # the evaluation is of the new checkpoint (its content, not its path), resumed after the kill
     from fipo.provenance import folder_digest
 
