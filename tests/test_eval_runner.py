@@ -456,8 +456,7 @@ def test_best_checkpoint_ignores_non_finite_scores(tmp_path):
     # what max() picked before).
     keep = rng.choice(steps[1:])
     others = [s for s in steps[1:] if s != keep]
-    bad = [steps[0], *rng.sample(others, rng.randint(0, len(others)))]
-    for s in bad:
+    for s in rng.sample(others, rng.randint(0, len(others))):
         values[s] = rng.choice([math.nan, math.inf, -math.inf])
     values[steps[0]] = math.nan
     finite = {s: v for s, v in values.items() if math.isfinite(v)}

@@ -67,6 +67,11 @@ def planned(*args, results, config=()) -> list[tuple[str, str]]:
     return jobs
 
 
+def notebook_errors(executed: dict) -> list[dict]:
+    """The error outputs of an executed notebook (as nbformat JSON)."""
+    return [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
 def trained(jobs) -> set[str]:
     return {Path(out).parent.name for rule, out in jobs if rule == "train"}
 
@@ -398,7 +403,7 @@ def test_smoke_pipeline_writes_every_figure_table_and_the_index(smoke):
         for path in catalog.outputs(results, "tiny", art):
             assert path.is_file() and path.stat().st_size > 0, path
         executed = json.loads((results / "tiny" / "notebooks" / f"{art.id}.ipynb").read_text())
-        errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        errors = notebook_errors(executed)
         assert not errors, (art.id, errors)
     index = (results / "tiny" / "index.html").read_text()
     links = re.findall(r"(?:href|src)='([^']+)'", index)
@@ -443,7 +448,7 @@ def test_snakemake_report_holds_every_figure_and_table_with_its_caption(smoke, t
 
 
 # FIPO runs of the smoke configuration, for the notebooks whose own runs it does not train: all of those compare
-# FIPO variants (influence-weight panels need FIPO metrics), at most four of them
+# FIPO variants (influence-weight panels need FIPO metrics); one comparing four runs gets these three
 STAND_INS = ["fipo", "fipo-cliphigh-1.4", "fipo-maxlen-25k"]
 
 
@@ -457,7 +462,7 @@ def test_notebooks_of_the_other_artifacts_run_on_the_smoke_runs(art, smoke, tmp_
     stand_ins = STAND_INS[:len(art.experiments)]
     executed = run_notebook(ROOT / "notebooks" / f"{art.id}.ipynb", ROOT, preset="tiny",
                             results_dir=str(smoke["results"]), out_dir=str(tmp_path), experiments=stand_ins)
-    assert not [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not notebook_errors(executed)
     suffixes = (".png", ".pdf") if art.kind == "figure" else (".csv", ".md", ".tex")
     for suffix in suffixes:
         assert (tmp_path / f"{art.id}{suffix}").stat().st_size > 0, (art.id, suffix)
@@ -827,7 +832,7 @@ def test_an_edited_spec_reruns_only_its_run_and_survives_kill_9_of_every_kind_of
     assert provenance["fingerprint"] != old_fingerprint == json.loads((moved / "provenance.json").read_text())["fingerprint"]
     assert record["fingerprint"] == provenance["fingerprint"] and record["last_step"] == 2
     assert len(list(run.glob("metrics.attempt-*.jsonl"))) == 2  # the killed attempt and its resume
-    # every step logged once in the merged log, though step 1 is in both attempts' files
+    # every step logged once in the merged log of the killed attempt and its resume
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert sorted(r["step"] for r in logged) == [0, 1, 2], [r["step"] for r in logged]
     assert all("actor/influence_weights_mean" in r["data"] for r in logged if r["step"] > 0)
@@ -847,6 +852,6 @@ def test_an_edited_spec_reruns_only_its_run_and_survives_kill_9_of_every_kind_of
     assert not [f for f in after if f.endswith(".tmp") or any(".tmp" in part for part in Path(f).parts)]
     for artifact in affected | {"index"}:
         executed = json.loads((results / "tiny" / "notebooks" / f"{artifact}.ipynb").read_text())
-        assert not [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not notebook_errors(executed)
     rerun = subprocess.run([*smoke["cmd"], "-n"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert "Nothing to be done" in rerun.stdout + rerun.stderr, rerun.stdout[-3000:]
