@@ -125,3 +125,20 @@ def test_index_page_shows_settings_as_tables_not_reprs(tmp_path):
     assert "<th style='text-align:left'>benchmarks</th><td>[tiny-test]</td>" in page
     assert "all settings of these runs" in page and "<th style='text-align:left'>fipo.tau</th>" in page
     assert "paper: Figure 11, 7B" in page
+
+
+def test_index_page_links_only_files_that_exist(tmp_path):
+    from fipo.analysis import report
+
+    (tmp_path / "tiny" / "notebooks").mkdir(parents=True)
+    (tmp_path / "tiny" / "notebooks" / "fig03.ipynb").write_text("{}")
+    page = report.index_html(tmp_path, "tiny", tmp_path / "tiny")
+    assert page.count("executed notebook (missing)") == len(catalog_ids()) - 1
+    assert "<a href='notebooks/fig03.ipynb'>executed notebook</a>" in page
+    assert "notebooks/fig02.ipynb" not in page
+
+
+def catalog_ids() -> list[str]:
+    from fipo.analysis import catalog
+
+    return [a.id for a in catalog.artifacts_for("tiny")]

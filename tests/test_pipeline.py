@@ -555,7 +555,8 @@ def check_jupyterlab_serves(results: Path, tmp: Path) -> None:
     listing = jupyterlab_listing(results, tmp)
     assert "JupyterLab" in listing["lab"]
     served = {item["name"] for item in listing["folder"]["content"]}
-    assert {f"{art.id}.ipynb" for art in catalog.artifacts_for("tiny")} <= served
+    assert {f"{art.id}.ipynb" for art in SMOKE_ARTIFACTS} <= served
+    assert not {f"{art.id}.ipynb" for art in OTHER_ARTIFACTS} & served  # not selected, so never executed there
     notebook = listing["fig03"]
     assert notebook["type"] == "notebook" and notebook["content"]["cells"]
     outputs = [o for c in notebook["content"]["cells"] for o in c.get("outputs", [])]

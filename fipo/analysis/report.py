@@ -103,7 +103,8 @@ def index_html(results_dir, preset: str, page_dir: Path) -> str:
         links = [f"<a href='{os.path.relpath(p, page_dir)}'>{p.name}</a>" if p.is_file() else f"{p.name} (missing)"
                  for p in files]
         notebook = Path(results_dir) / preset / "notebooks" / f"{art.id}.ipynb"
-        links.append(f"<a href='{os.path.relpath(notebook, page_dir)}'>executed notebook</a>")
+        links.append(f"<a href='{os.path.relpath(notebook, page_dir)}'>executed notebook</a>" if notebook.is_file()
+                     else "executed notebook (missing)")
         parts.append("<p>" + " · ".join(links) + "</p>")
         if art.kind == "figure" and files[0].is_file():
             parts.append(f"<img src='{os.path.relpath(files[0], page_dir)}' style='max-width:100%'>")
