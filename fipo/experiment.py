@@ -695,7 +695,7 @@ def _validate_values(exp: Experiment, where: str, origins: Optional[Origins] = N
         _refuse_on_policy_fipo(exp, need)
     if exp.policy.loss == "fipo":
         # The loss validates the knobs once more with its own rules; surface its message here, early.
-        from fipo.loss import FIPOParams
+        from fipo.loss_params import FIPOParams
 
         try:
             FIPOParams(

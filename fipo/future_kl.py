@@ -34,6 +34,8 @@ import warnings
 
 import torch
 
+from fipo.loss_params import DEFAULT_CHUNK_SIZE, gamma_from_tau
+
 __all__ = [
     "BACKENDS",
     "resolve_backend",
@@ -44,8 +46,6 @@ __all__ = [
     "discounted_reverse_cumsum",
 ]
 
-# 32 measured fastest on CPU (benchmarks/bench_future_kl.py); any K >= 2 gives the same result.
-DEFAULT_CHUNK_SIZE = 32
 BACKENDS = ("auto", "torch", "triton")
 BACKEND_ENV = "FIPO_FUTURE_KL_BACKEND"
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the Triton kernels take
@@ -109,15 +109,6 @@ def resolve_backend(x: torch.Tensor, backend: str | None = None) -> str:
     if x.is_cuda and runnable and _triton_module() is not None and _triton_agrees_here(x.device):
         return "triton"
     return "torch"
-
-
-def gamma_from_tau(tau: float) -> float:
-    """Discount factor for a half-life of ``tau`` tokens: gamma = 2^(-1/tau). ``tau = inf`` gives 1 (Eq. 5)."""
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
-        raise TypeError(f"tau (the Future-KL half-life in tokens) must be a number, got {type(tau).__name__} {tau!r}")
-    if not tau > 0:  # also rejects NaN
-        raise ValueError(f"tau (the Future-KL half-life in tokens) must be > 0, got {tau!r}")
-    return 2.0 ** (-1.0 / float(tau))
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
