@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fipo.future_kl import discounted_reverse_cumsum, gamma_from_tau
-from fipo.loss_params import SAFETY_CLAMP_RANGE, SAFETY_MODES, FIPOParams
+from fipo.future_kl import discounted_reverse_cumsum
+from fipo.loss_params import SAFETY_CLAMP_RANGE, SAFETY_MODES, FIPOParams, gamma_from_tau
 
 __all__ = ["FIPOParams", "FIPOLossOutput", "NonFiniteInputError", "fipo_policy_loss", "METRIC_NAMES"]
 

@@ -128,17 +128,11 @@ def test_index_page_shows_settings_as_tables_not_reprs(tmp_path):
 
 
 def test_index_page_links_only_files_that_exist(tmp_path):
-    from fipo.analysis import report
+    from fipo.analysis import catalog, report
 
     (tmp_path / "tiny" / "notebooks").mkdir(parents=True)
     (tmp_path / "tiny" / "notebooks" / "fig03.ipynb").write_text("{}")
     page = report.index_html(tmp_path, "tiny", tmp_path / "tiny")
-    assert page.count("executed notebook (missing)") == len(catalog_ids()) - 1
+    assert page.count("executed notebook (missing)") == len(catalog.artifacts_for("tiny")) - 1
     assert "<a href='notebooks/fig03.ipynb'>executed notebook</a>" in page
     assert "notebooks/fig02.ipynb" not in page
-
-
-def catalog_ids() -> list[str]:
-    from fipo.analysis import catalog
-
-    return [a.id for a in catalog.artifacts_for("tiny")]

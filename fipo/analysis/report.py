@@ -84,6 +84,12 @@ def artifact_fingerprint(results_dir, preset: str, art) -> str:
     return short(digest_of(inputs))
 
 
+def _link(path: Path, label: str, page_dir: Path) -> str:
+    """A link relative to the page, or the label marked missing: the page never points at a file that is not there."""
+    return f"<a href='{os.path.relpath(path, page_dir)}'>{html.escape(label)}</a>" if path.is_file() else \
+        f"{html.escape(label)} (missing)"
+
+
 def index_html(results_dir, preset: str, page_dir: Path) -> str:
     """The page; links are relative to ``page_dir`` (where the page is written)."""
     page_dir = Path(page_dir)
@@ -100,11 +106,8 @@ def index_html(results_dir, preset: str, page_dir: Path) -> str:
                      f"runs and evaluated models; the runs behind it and their fingerprints are in the table "
                      f"below)</small></p>")
         files = catalog.outputs(results_dir, preset, art)
-        links = [f"<a href='{os.path.relpath(p, page_dir)}'>{p.name}</a>" if p.is_file() else f"{p.name} (missing)"
-                 for p in files]
         notebook = Path(results_dir) / preset / "notebooks" / f"{art.id}.ipynb"
-        links.append(f"<a href='{os.path.relpath(notebook, page_dir)}'>executed notebook</a>" if notebook.is_file()
-                     else "executed notebook (missing)")
+        links = [*(_link(p, p.name, page_dir) for p in files), _link(notebook, "executed notebook", page_dir)]
         parts.append("<p>" + " · ".join(links) + "</p>")
         if art.kind == "figure" and files[0].is_file():
             parts.append(f"<img src='{os.path.relpath(files[0], page_dir)}' style='max-width:100%'>")
