@@ -2,10 +2,13 @@
 tokenizer with a Qwen-style chat template, a small Qwen2-architecture model built from a config, and a short
 supervised warm start that turns the random model into a "base model" with a non-zero but imperfect reward.
 
-The task: add two or three numbers. Each prompt asks for a final ``Answer: N`` line, so verl's math_dapo rule
-grades responses exactly as it grades AIME; the dataset rows are in the same verl parquet format (data_source
-``math_dapo``). The warm-start target shows the partial sums before the answer, so responses have a length that
-the policy can change.
+The task: add two to four single-digit numbers. Each prompt asks for a final ``Answer: N`` line, so verl's
+math_dapo rule grades responses exactly as it grades AIME; the dataset rows are in the same verl parquet format
+(data_source ``math_dapo``). A response takes one of two forms: *direct* (``Answer: N`` alone, about 6 tokens) or
+*worked* (the running partial sums, one line each, then the answer: about 30). The warm start's targets are
+worked, or, with ``TinyModelSpec.worked_share`` below 1, each form by a coin that ignores the problem, so that the
+base model uses both on problems of every size and RL can find out which pays. :func:`form_report` says how the
+base model answers held-out problems: accuracy of each form by number of terms, and the lengths of each form.
 """
 
 from __future__ import annotations
@@ -33,10 +36,15 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPLITS = {"train": 2000, "val": 64, "test": 64}
-# Single-digit terms, two to four of them: after a 10 s warm start a 240k-parameter model gets about a
-# third of them right, which leaves RL something to improve.
+# Single-digit terms, two to four of them: after a 14 s warm start a 240k-parameter model gets about a third of
+# them right, which leaves RL something to improve.
 MAX_TERM = 9
 TERM_COUNTS = (2, 3, 4)
+FORMS = ("direct", "worked")
+# Held-out problems of the base model's form report (x 4 samples: ~10 s on 2 cores). Every 2-term problem (81 exist) and
+# most 3-term ones are in the splits, so the report's problems have mostly 4 terms.
+REPORT_PROBLEMS = 100
+FORM_REPORT = "form_report.json"  # in the base model's folder
 
 
 @dataclass(frozen=True)
@@ -54,13 +62,27 @@ class Problem:
     def prompt(self) -> str:
         return f"Add {self.question}. End with the line Answer: N"
 
+    def direct_solution(self) -> str:
+        """The short form: the answer line alone."""
+        return f"Answer: {self.answer}"
+
+    def solution(self, form: str) -> str:
+        if form not in FORMS:
+            raise ValueError(f"unknown response form {form!r}; allowed: {', '.join(FORMS)}")
+        return self.worked_solution() if form == "worked" else self.direct_solution()
+
     def worked_solution(self) -> str:
-        """The warm-start target: running partial sums, then the final answer line."""
+        """The long form: running partial sums, then the final answer line."""
         lines, total = [], self.terms[0]
         for term in self.terms[1:]:
             lines.append(f"{total}+{term}={total + term}")
             total += term
         return "\n".join(lines) + f"\nAnswer: {total}"
+
+
+def response_form(response: str) -> str:
+    """The form a response takes: "worked" if it writes any partial sum (an ``=``), else "direct"."""
+    return "worked" if "=" in response else "direct"
 
 
 def make_problems(count: int, seed: int) -> list[Problem]:
@@ -83,6 +105,12 @@ def split_problems(seed: int = 0) -> dict[str, list[Problem]]:
         out[split] = problems[start : start + count]
         start += count
     return out
+
+
+def held_out_problems(count: int, seed: int = 0) -> list[Problem]:
+    """``count`` problems in none of the splits (drawn after them, under the same seed): the warm start's report."""
+    total = sum(SPLITS.values())
+    return make_problems(total + count, seed)[total:]
 
 
 def prepare_tiny_data(data_dir: Path, seed: int = 0) -> list[Path]:
@@ -160,6 +188,10 @@ class TinyModelSpec:
     warmup_steps: int = 360  # supervised steps: ~14 s on 2 cores, ~38 % test accuracy (non-zero, imperfect)
     warmup_batch: int = 32
     warmup_lr: float = 3e-3
+    # The chance that a warm-start target is worked rather than direct. 1.0 (today's tiny task: every target
+    # worked) until a warm start is found, within the tiny model's time budget, under which the worked form is
+    # the more accurate one: at 0.5 and 360 steps the direct form is (fipo tiny-model's form report).
+    worked_share: float = 1.0
     seed: int = 0
 
 
@@ -190,21 +222,29 @@ def chat_prompt(tokenizer, prompt: str) -> str:
 
 
 def warm_start(model, tokenizer, problems: list[Problem], spec: TinyModelSpec, log=print) -> list[float]:
-    """Supervised fine-tuning on worked solutions (loss on the response tokens only). Returns the losses."""
+    """Supervised fine-tuning (loss on the response tokens only) on targets whose form, direct or worked, is a
+    fair coin drawn for every example, whatever the problem: the base model must not learn that long problems call
+    for long answers. Returns the losses."""
     import torch
 
     gen = random.Random(spec.seed)
+    prompts = [tokenizer(chat_prompt(tokenizer, p.prompt()), add_special_tokens=False)["input_ids"] for p in problems]
+    targets = {
+        form: [tokenizer(p.solution(form), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for p in problems]
+        for form in FORMS
+    }
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.warmup_lr, weight_decay=0.0)
     model.train()
     losses = []
     for step in range(spec.warmup_steps):
-        batch = gen.sample(problems, spec.warmup_batch)
         ids, labels = [], []
-        for p in batch:
-            prompt_ids = tokenizer(chat_prompt(tokenizer, p.prompt()), add_special_tokens=False)["input_ids"]
-            response_ids = tokenizer(p.worked_solution(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            ids.append(prompt_ids + response_ids)
-            labels.append([-100] * len(prompt_ids) + response_ids)
+        for i in gen.sample(range(len(problems)), spec.warmup_batch):
+            # The coin only when both forms are in play, so that an all-worked warm start draws the batches it
+            # always drew (the same base model as before the forms existed).
+            worked = spec.worked_share >= 1.0 or (spec.worked_share > 0.0 and gen.random() < spec.worked_share)
+            response = targets["worked" if worked else "direct"][i]
+            ids.append(prompts[i] + response)
+            labels.append([-100] * len(prompts[i]) + response)
         width = max(map(len, ids))
         input_ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids])
         label_ids = torch.tensor([y + [-100] * (width - len(y)) for y in labels])
@@ -218,6 +258,72 @@ def warm_start(model, tokenizer, problems: list[Problem], spec: TinyModelSpec, l
             log(f"[tiny warm start] step {step + 1}/{spec.warmup_steps} loss {loss.item():.3f}")
     model.eval()
     return losses
+
+
+def form_report(sampler, problems: list[Problem], n: int = 4, temperature: float = 1.0,
+                max_tokens: int = 64, seed: int = 0) -> dict:
+    """How a model answers held-out problems, sampled as the rollouts sample (temperature 1): for each number of
+    terms and each response form, the samples in that form and the share of them graded correct by verl's
+    math_dapo (the training reward), and the response lengths (tokens, EOS included) of each form. ``sampler`` is
+    a :class:`fipo.eval.sampling.Sampler` with a ``tokenizer`` (the HF one for the tiny model).
+
+    A sample's form is what it wrote (:func:`response_form`), so the shares are conditional: "worked, 4 terms:
+    0.8" reads "of the 4-term samples the model worked out, 80 % were right"."""
+    from fipo.eval.sampling import SamplingSettings
+    from fipo.eval.scoring import score_math_dapo
+
+    settings = SamplingSettings(n=n, temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=seed)
+    prompts = [chat_prompt(sampler.tokenizer, p.prompt()) for p in problems]
+    cells: dict[tuple[int, str], list[bool]] = {}
+    lengths: dict[str, list[int]] = {form: [] for form in FORMS}
+    for problem, samples in zip(problems, sampler.sample(prompts, settings, list(range(len(problems))))):
+        for sample in samples:
+            form = response_form(sample.text)
+            cells.setdefault((len(problem.terms), form), []).append(score_math_dapo(sample.text, str(problem.answer)).correct)
+            lengths[form].append(sample.num_tokens)
+    by_terms = {
+        str(terms): {form: {"samples": len(cells.get((terms, form), [])),
+                            "accuracy": (sum(cells[terms, form]) / len(cells[terms, form])) if cells.get((terms, form)) else None}
+                     for form in FORMS}
+        for terms in TERM_COUNTS
+    }
+    total = sum(map(len, lengths.values()))
+    return {
+        "problems": len(problems), "samples_per_problem": n, "temperature": temperature, "max_tokens": max_tokens,
+        "reward": "math_dapo (verl 0.9.1)",
+        "by_terms": by_terms,
+        "forms": {form: {"share": len(v) / total if total else None,
+                         "length_quantiles": _quantiles(v)} for form, v in lengths.items()},
+    }
+
+
+def _quantiles(values: list[int]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    pick = lambda q: float(ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))])  # noqa: E731
+    return {"min": float(ordered[0]), "p25": pick(0.25), "median": pick(0.5), "p75": pick(0.75), "max": float(ordered[-1]),
+            "mean": sum(ordered) / len(ordered)}
+
+
+def format_form_report(report: dict) -> str:
+    """The report as a small text table (the tiny-model log and the README)."""
+
+    def cell(c: dict) -> str:
+        accuracy = "-" if c["accuracy"] is None else f"{c['accuracy']:.2f}"
+        return f"{c['samples']:4d} samples, accuracy {accuracy:>4}"
+
+    lines = [f"held-out problems: {report['problems']} x {report['samples_per_problem']} samples, "
+             f"temperature {report['temperature']}, reward {report['reward']}",
+             f"{'terms':>5} | {'direct':<30} | worked"]
+    for terms, forms in report["by_terms"].items():
+        lines.append(f"{terms:>5} | {cell(forms['direct']):<30} | {cell(forms['worked'])}")
+    for form, info in report["forms"].items():
+        q = info["length_quantiles"]
+        share = "-" if info["share"] is None else f"{info['share']:.2f}"
+        length = "-" if q is None else f"median {q['median']:.0f} (p25 {q['p25']:.0f}, p75 {q['p75']:.0f}, max {q['max']:.0f})"
+        lines.append(f"{form}: share {share}, length {length}")
+    return "\n".join(lines)
 
 
 def build_tiny_base_model(out_dir: Path, spec: TinyModelSpec = TinyModelSpec(), log=print) -> Path:
@@ -246,8 +352,16 @@ def build_tiny_base_model(out_dir: Path, spec: TinyModelSpec = TinyModelSpec(), 
             raise RuntimeError("the reloaded tiny tokenizer tokenizes differently from the trained one")
         losses = warm_start(model, tokenizer, train, spec, log=log)
         model.save_pretrained(tmp, safe_serialization=True)
+        trained_s = time.time() - start
+        from fipo.eval.sampling import HFSampler
+
+        report = form_report(HFSampler(str(tmp)), held_out_problems(REPORT_PROBLEMS, spec.seed), seed=spec.seed)
+        log("[tiny warm start] the base model on held-out problems:\n" + format_form_report(report))
+        (tmp / FORM_REPORT).write_text(json.dumps(report, indent=1) + "\n")
+        # Written last: the pipeline's marker that the folder is complete.
         (tmp / "tiny_model.json").write_text(
-            json.dumps({"spec": spec.__dict__, "final_loss": losses[-1], "seconds": round(time.time() - start, 1)})
+            json.dumps({"spec": spec.__dict__, "final_loss": losses[-1], "seconds": round(trained_s, 1),
+                        "report_seconds": round(time.time() - start - trained_s, 1)})
         )
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -5,7 +5,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.utils.reward_score import default_compute_score
 
-from fipo.tiny import SPLITS, Problem, chat_prompt, split_problems
+import json
+import random
+
+import pytest
+
+from fipo.tiny import (
+    FORM_REPORT, FORMS, REPORT_PROBLEMS, SPLITS, TERM_COUNTS, Problem, TinyModelSpec, chat_prompt, format_form_report, held_out_problems,
+    form_report, response_form, split_problems, warm_start,
+)
+from fipo.eval.sampling import Sample
 
 
 def test_splits_are_disjoint_seeded_and_sized():
@@ -22,6 +31,107 @@ def test_worked_solution_is_graded_correct_by_verls_math_dapo_rule():
     assert p.worked_solution() == "7+5=12\n12+9=21\nAnswer: 21"
     assert default_compute_score("math_dapo", p.worked_solution(), str(p.answer))["score"] == 1.0
     assert default_compute_score("math_dapo", "7+5=12\nAnswer: 12", str(p.answer))["score"] == -1.0
+
+
+def test_both_forms_are_graded_by_math_dapo_and_told_apart():
+    p = Problem((7, 5, 9))
+    assert p.solution("direct") == "Answer: 21" and p.solution("worked") == p.worked_solution()
+    for form in FORMS:
+        assert default_compute_score("math_dapo", p.solution(form), "21")["score"] == 1.0
+        assert response_form(p.solution(form)) == form
+    assert response_form("7+5=12") == "worked" and response_form("") == "direct"
+    with pytest.raises(ValueError, match="unknown response form 'long'"):
+        p.solution("long")
+
+
+def test_held_out_problems_are_in_no_split():
+    in_splits = {p.terms for problems in split_problems(0).values() for p in problems}
+    held = held_out_problems(100, 0)
+    assert len({p.terms for p in held}) == 100 and not in_splits & {p.terms for p in held}
+    assert {len(p.terms) for p in held} <= set(TERM_COUNTS)
+
+
+class _CharTokenizer:
+    """One id per character, so that a recorded batch decodes back to its text."""
+
+    eos_token_id, pad_token_id = 0, 1
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return messages[0]["content"]
+
+
+class _RecordingModel(torch.nn.Module):
+    """Records the batches the warm start trains on; its loss is a trivial function of one parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.batches = []
+
+    def forward(self, input_ids, attention_mask, labels):
+        self.batches.append((input_ids, attention_mask, labels))
+        return type("Output", (), {"loss": (self.weight - 1.0).pow(2).sum()})()
+
+
+def test_warm_start_draws_each_form_by_a_coin_that_ignores_the_problem():
+    model, problems = _RecordingModel(), split_problems(0)["train"]
+    spec = TinyModelSpec(warmup_steps=150, warmup_batch=32, seed=random.randint(0, 10**6))
+    warm_start(model, _CharTokenizer(), problems, spec, log=lambda msg: None)
+    counts = {(n, form): 0 for n in TERM_COUNTS for form in FORMS}
+    for input_ids, attention, labels in model.batches:
+        for ids, mask, row in zip(input_ids.tolist(), attention.tolist(), labels.tolist()):
+            prompt = "".join(chr(i) for i, m, l in zip(ids, mask, row) if m and l == -100)
+            target = "".join(chr(t) for t in row if t not in (-100, 0))
+            problem = Problem(tuple(map(int, prompt.split("Add ")[1].split(".")[0].split("+"))))
+            assert prompt == problem.prompt() and target == problem.solution(response_form(target))
+            counts[len(problem.terms), response_form(target)] += 1
+    assert sum(counts.values()) == spec.warmup_steps * spec.warmup_batch
+    for n in TERM_COUNTS:  # about half worked at every number of terms: within 4 binomial sigmas
+        total = counts[n, "worked"] + counts[n, "direct"]
+        assert total > 50 and abs(counts[n, "worked"] / total - spec.worked_share) < 4 * (0.25 / total) ** 0.5, counts
+
+
+class _ScriptedSampler:
+    """Answers each prompt with scripted responses (the sampler interface of fipo.eval.sampling)."""
+
+    tokenizer = _CharTokenizer()
+
+    def __init__(self, responses):
+        self.responses = responses  # prompt text -> responses
+
+    def sample(self, prompts, settings, seed_offsets):
+        return [[Sample(text, len(text) + 1, "stop") for text in self.responses[p][: settings.n]] for p in prompts]
+
+
+def test_form_report_counts_each_form_by_terms_and_grades_with_math_dapo():
+    two, four = Problem((3, 4)), Problem((1, 2, 3, 4))
+    responses = {
+        two.prompt(): ["Answer: 7", "Answer: 8", two.worked_solution(), "3+4=7\nAnswer: 6"],
+        four.prompt(): [four.worked_solution()] * 3 + ["Answer: 10"],
+    }
+    report = form_report(_ScriptedSampler(responses), [two, four], n=4)
+    assert report["by_terms"]["2"] == {"direct": {"samples": 2, "accuracy": 0.5}, "worked": {"samples": 2, "accuracy": 0.5}}
+    assert report["by_terms"]["4"] == {"direct": {"samples": 1, "accuracy": 1.0}, "worked": {"samples": 3, "accuracy": 1.0}}
+    assert report["by_terms"]["3"] == {"direct": {"samples": 0, "accuracy": None}, "worked": {"samples": 0, "accuracy": None}}
+    assert report["forms"]["direct"]["share"] == 3 / 8 and report["forms"]["worked"]["share"] == 5 / 8
+    direct_lengths = report["forms"]["direct"]["length_quantiles"]
+    assert (direct_lengths["min"], direct_lengths["max"]) == (len("Answer: 7") + 1, len("Answer: 10") + 1)
+    text = format_form_report(report)
+    assert "    3 | " in text and "accuracy    -" in text and "direct: share 0.38" in text
+
+
+def test_form_report_of_the_base_model(tiny_world):
+    """`fipo tiny-model` writes the report beside the model; the default warm start shows the worked form only."""
+    report = json.loads((tiny_world["model"] / FORM_REPORT).read_text())
+    assert set(report["by_terms"]) == {str(n) for n in TERM_COUNTS} and report["problems"] == REPORT_PROBLEMS
+    samples = sum(c["samples"] for forms in report["by_terms"].values() for c in forms.values())
+    assert samples == report["problems"] * report["samples_per_problem"]
+    assert TinyModelSpec().worked_share == 1.0 and report["forms"]["worked"]["share"] > 0.9
+    accuracies = [c["accuracy"] for forms in report["by_terms"].values() for c in forms.values() if c["samples"] >= 20]
+    assert accuracies and all(0.0 <= a <= 1.0 for a in accuracies)
 
 
 def test_parquet_files_are_in_verls_format(tiny_world):

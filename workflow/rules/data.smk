@@ -50,7 +50,7 @@ rule dapo_data:
 
 
 rule tiny_model:
-    # tokenizer + 240k-parameter Qwen2 model + 300-step warm start, written atomically (fipo/tiny.py)
+    # tokenizer + 240k-parameter Qwen2 model + 360-step warm start + its form report, written atomically (fipo/tiny.py)
     output:
         f"{RESULTS}/tiny/base_model/tiny_model.json",
     log:
