@@ -80,6 +80,7 @@ import fipo  # noqa: E402
 from fipo.future_kl import future_kl, future_kl_listing1, future_kl_reference, resolve_backend  # noqa: E402
 from fipo.loss import FIPOParams, fipo_policy_loss  # noqa: E402
 from fipo.references import future_kl_magnitude, paper_loss_float64, token_mean, vanilla_ppo_loss  # noqa: E402
+from fipo.tiny import TinyModelSpec  # noqa: E402  (torch-free at import: the tiny preset's warm-start length)
 
 NO_CUDA = "not run: no CUDA"
 TAU = 32.0
@@ -135,7 +136,7 @@ FULL = Plan(
     loss_repeats=30,
     warmup=10,
     large_copy_bytes=2 * 2**30,
-    tiny_warmup_steps=360,  # the tiny preset's own (fipo.tiny.TinyModelSpec)
+    tiny_warmup_steps=TinyModelSpec.warmup_steps,  # the tiny preset's own
     tiny_problems=8,
     tiny_samples=4,
     tiny_max_tokens=48,
@@ -730,7 +731,7 @@ def check_hf_backend(plan: Plan, device: torch.device) -> dict:
     transformers_logging.disable_progress_bar()  # shard writing and weight loading bars would swamp the log
 
     from fipo.eval.sampling import HFSampler, SamplingSettings
-    from fipo.tiny import TinyModelSpec, build_tiny_base_model, chat_prompt, split_problems
+    from fipo.tiny import build_tiny_base_model, chat_prompt, split_problems
 
     workdir = Path(tempfile.mkdtemp(prefix="fipo-device-check-"))
     try:

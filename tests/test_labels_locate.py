@@ -14,9 +14,9 @@ from fipo.analysis.errors import MissingRunError
     "preset, experiments, expected",
     [
         ("tiny", ("fipo", "fipo-cliphigh-1.4", "fipo-maxlen-25k"),
-         {"fipo": "FIPO, clip-high 1.28, max response 48 tokens, overlong buffer 16 tokens",
+         {"fipo": "FIPO, clip-high 1.28, max response 64 tokens",  # both buffers are 16 tokens: not a difference
           "fipo-cliphigh-1.4": "FIPO, clip-high 1.4",
-          "fipo-maxlen-25k": "FIPO, max response 60 tokens, overlong buffer 12 tokens"}),
+          "fipo-maxlen-25k": "FIPO, max response 80 tokens"}),
         ("qwen2.5-32b", ("fipo", "fipo-cliphigh-1.4", "fipo-maxlen-25k"),
          {"fipo": "FIPO, clip-high 1.28, max response 20K tokens, overlong buffer 4K tokens",
           "fipo-cliphigh-1.4": "FIPO, clip-high 1.4",

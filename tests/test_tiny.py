@@ -6,13 +6,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.utils.reward_score import default_compute_score
 
 import json
+import math
 import random
 
 import pytest
 
 from fipo.tiny import (
     FORM_REPORT, FORMS, REPORT_PROBLEMS, SPLITS, TERM_COUNTS, Problem, TinyModelSpec, chat_prompt, format_form_report, held_out_problems,
-    form_report, response_form, split_problems, warm_start,
+    _warmup_factor, form_report, response_form, split_problems, warm_start,
 )
 from fipo.eval.sampling import Sample
 
@@ -124,14 +125,34 @@ def test_form_report_counts_each_form_by_terms_and_grades_with_math_dapo():
 
 
 def test_form_report_of_the_base_model(tiny_world):
-    """`fipo tiny-model` writes the report beside the model; the default warm start shows the worked form only."""
+    """`fipo tiny-model` writes the report beside the model. The default warm start is the task's premise: the base
+    model answers in both forms, and the worked (longer) form is the more accurate one."""
     report = json.loads((tiny_world["model"] / FORM_REPORT).read_text())
     assert set(report["by_terms"]) == {str(n) for n in TERM_COUNTS} and report["problems"] == REPORT_PROBLEMS
     samples = sum(c["samples"] for forms in report["by_terms"].values() for c in forms.values())
     assert samples == report["problems"] * report["samples_per_problem"]
-    assert TinyModelSpec().worked_share == 1.0 and report["forms"]["worked"]["share"] > 0.9
-    accuracies = [c["accuracy"] for forms in report["by_terms"].values() for c in forms.values() if c["samples"] >= 20]
-    assert accuracies and all(0.0 <= a <= 1.0 for a in accuracies)
+    assert 0.3 < report["forms"]["worked"]["share"] < 0.7, report["forms"]
+    assert report["forms"]["worked"]["length_quantiles"]["median"] > 3 * report["forms"]["direct"]["length_quantiles"]["median"]
+
+    def pooled(form):  # accuracy over every size, weighted by samples
+        cells = [forms[form] for forms in report["by_terms"].values() if forms[form]["samples"]]
+        return sum(c["accuracy"] * c["samples"] for c in cells) / sum(c["samples"] for c in cells)
+
+    # Measured at seed 0: 0.72 against 0.52 over 1200 samples (a 0.03 standard error each).
+    assert 0.1 < pooled("direct") < pooled("worked") - 0.1 < 0.9, report["by_terms"]
+
+
+def test_warm_start_learning_rate_ramps_up_then_decays_to_zero():
+    # Ramps no longer than 6 % of the steps, as the default's 30 of 600: longer ones peak after the ramp's end.
+    spec = TinyModelSpec(warmup_steps=random.randint(500, 1000), warmup_ramp=random.randint(1, 30))
+    factors = [_warmup_factor(k, spec) for k in range(1, spec.warmup_steps + 1)]
+    top = factors.index(max(factors)) + 1
+    assert top == spec.warmup_ramp and factors[-1] == pytest.approx(0.0, abs=1e-12)
+    assert factors[0] == pytest.approx(1.0 / spec.warmup_ramp * 0.5 * (1 + math.cos(math.pi / spec.warmup_steps)))
+    assert all(a < b for a, b in zip(factors[: top - 1], factors[1:top]))
+    assert all(a > b for a, b in zip(factors[top - 1 : -1], factors[top:]))
+    no_ramp = TinyModelSpec(warmup_steps=10, warmup_ramp=0)
+    assert _warmup_factor(1, no_ramp) == pytest.approx(0.5 * (1 + math.cos(math.pi / 10)))
 
 
 def test_parquet_files_are_in_verls_format(tiny_world):
