@@ -367,10 +367,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default: <results-dir>/<preset>/tables)")
     p.set_defaults(func=cmd_released_table)
 
+    p = sub.add_parser("study-report", help="the study's claims (FIPO vs DAPO) from runs at several seeds: "
+                                            "effect, across-seed interval, paired test, verdict (Markdown)")
+    p.add_argument("--run", action="append", required=True, type=study_run, metavar="EXPERIMENT:SEED=RUN_DIR",
+                   help="one run folder (holding metrics.jsonl) of an experiment at a seed; repeat for every run")
+    p.add_argument("--method", default="fipo")
+    p.add_argument("--baseline", default="dapo")
+    p.add_argument("--window", type=int, default=None, help="training steps averaged at each end (default 5)")
+    p.add_argument("--out", type=Path, required=True, help="the report (Markdown), written atomically")
+    p.set_defaults(func=cmd_study_report)
+
     p = sub.add_parser("tables", help="write Tables 2 and 3 (training settings) from the spec")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "spec_tables")
     p.set_defaults(func=cmd_tables)
     return parser
+
+
+def study_run(text: str) -> tuple[str, int, Path]:
+    """EXPERIMENT:SEED=RUN_DIR (argparse type)."""
+    head, sep, folder = text.partition("=")
+    experiment, colon, seed = head.rpartition(":")
+    if not (sep and colon and experiment and folder and seed.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected EXPERIMENT:SEED=RUN_DIR, e.g. fipo:1=results/tiny/runs/fipo")
+    return experiment, int(seed), Path(folder)
+
+
+def cmd_study_report(args) -> int:
+    from fipo.analysis import study
+
+    window = study.LENGTH_WINDOW if args.window is None else args.window
+    if window < 1:
+        raise ValueError(f"--window: must be >= 1, got {window}")
+    measures: dict[str, dict[int, object]] = {}
+    for experiment, seed, folder in args.run:
+        if seed in measures.get(experiment, {}):
+            raise ValueError(f"--run: {experiment} at seed {seed} given twice")
+        measures.setdefault(experiment, {})[seed] = study.measure_run_folder(folder, experiment, seed, window)
+    text = study.render_report(measures, window, args.method, args.baseline)
+    write_text_atomic(args.out, text)
+    print(text)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
