@@ -13,6 +13,8 @@ on problems of every size and RL can find out which pays: the worked form is the
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import math
 import os
@@ -395,3 +397,29 @@ def load_tokenizer(path: Path):
 def chat_prompt_text(p: Problem) -> str:
     """Text the tokenizer is trained on: the chat-formatted prompt and its worked solution."""
     return f"<|im_start|>user\n{p.prompt()}<|im_end|>\n<|im_start|>assistant\n{p.worked_solution()}<|im_end|>\n"
+
+
+# ------------------------------------------------------------------------------------------ fingerprints
+
+
+def _digest(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def data_fingerprint(seed: int = 0) -> str:
+    """What ``fipo data tiny`` writes, without writing it: every split's prompts and answers. The pipeline's
+    tiny_data job carries it as a param, so a changed task (terms, splits, prompt wording) remakes the data."""
+    return _digest({split: [(p.prompt(), p.answer) for p in problems] for split, problems in split_problems(seed).items()}
+                   | {"data_source": TINY_DATA_SOURCE})
+
+
+def model_fingerprint(spec: TinyModelSpec = TinyModelSpec()) -> str:
+    """What determines ``fipo tiny-model``'s base model and form report: the training problems and both response
+    forms, the spec, the chat format, and the code that builds, trains and reports on it (its source text). The
+    pipeline's tiny_model job carries it as a param: a change to any of them remakes the model."""
+    train = split_problems(spec.seed)["train"]
+    code = [inspect.getsource(f) for f in (train_tokenizer, build_model, warm_start, _warmup_factor, form_report,
+                                           response_form, held_out_problems, build_tiny_base_model, chat_prompt_text)]
+    return _digest({"problems": [(p.prompt(), p.solution("direct"), p.solution("worked")) for p in train],
+                    "spec": spec.__dict__, "chat_template": CHAT_TEMPLATE, "special_tokens": SPECIAL_TOKENS,
+                    "report_problems": REPORT_PROBLEMS, "code": code})

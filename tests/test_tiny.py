@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.utils.reward_score import default_compute_score
 
+import inspect
 import json
 import math
 import random
@@ -186,3 +187,27 @@ def test_warm_started_model_scores_above_zero_and_below_one(tiny_world):
     answers = [str(p.answer) for p in problems for _ in range(4)]
     accuracy = sum(default_compute_score("math_dapo", t, a)["acc"] for t, a in zip(texts, answers)) / len(texts)
     assert 0.0 < accuracy < 1.0, accuracy
+
+
+def test_fingerprints_change_with_what_makes_the_data_and_the_model(monkeypatch):
+    """The pipeline's tiny_data and tiny_model jobs carry these as params: a changed task, spec or warm-start code
+    must change them (Snakemake then remakes the data or the model), and nothing else may."""
+    import fipo.tiny as tiny
+
+    data, model = tiny.data_fingerprint(), tiny.model_fingerprint()
+    assert (data, model) == (tiny.data_fingerprint(), tiny.model_fingerprint())  # stable
+    assert tiny.model_fingerprint(TinyModelSpec(warmup_steps=601)) != model
+    assert tiny.model_fingerprint(TinyModelSpec(worked_share=0.4)) != model
+    assert tiny.data_fingerprint(seed=1) != data
+    monkeypatch.setattr(tiny, "REPORT_PROBLEMS", 301)
+    assert tiny.model_fingerprint() != model and tiny.data_fingerprint() == data  # the report is the model's only
+    monkeypatch.setattr(tiny, "REPORT_PROBLEMS", REPORT_PROBLEMS)
+    monkeypatch.setattr(tiny, "TERM_COUNTS", (2, 3, 4))
+    assert tiny.data_fingerprint() != data and tiny.model_fingerprint() != model
+    monkeypatch.setattr(tiny, "TERM_COUNTS", TERM_COUNTS)
+    monkeypatch.setattr(Problem, "prompt", lambda self: f"Sum {self.question}. End with the line Answer: N")
+    assert tiny.data_fingerprint() != data and tiny.model_fingerprint() != model
+    monkeypatch.undo()
+    getsource = inspect.getsource  # an edit to the warm start's code (here: its schedule gains a comment)
+    monkeypatch.setattr(inspect, "getsource", lambda f: getsource(f) + ("#" if f is tiny._warmup_factor else ""))
+    assert tiny.model_fingerprint() != model and tiny.data_fingerprint() == data

@@ -14,6 +14,7 @@ import yaml
 from snakemake.utils import validate
 
 from fipo import data as fipo_data
+from fipo import tiny
 from fipo.analysis import catalog
 from fipo.experiment import SpecError, ablations, evaluation, list_experiments, list_presets, load_all, released
 from fipo.provenance import project_version

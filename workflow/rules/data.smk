@@ -10,6 +10,8 @@ rule tiny_data:
         conda_env
     params:
         cmd=cli("data", "tiny", "--data-dir", DATA),
+        # not used by the command: a changed task (fipo/tiny.py) changes it, and Snakemake remakes the data
+        task=tiny.data_fingerprint(),
     shell:
         "{params.cmd} > {log:q} 2>&1"
 
@@ -50,7 +52,7 @@ rule dapo_data:
 
 
 rule tiny_model:
-    # tokenizer + 240k-parameter Qwen2 model + 360-step warm start + its form report, written atomically (fipo/tiny.py)
+    # tokenizer + 240k-parameter Qwen2 model + 600-step warm start + its form report, written atomically (fipo/tiny.py)
     output:
         f"{RESULTS}/tiny/base_model/tiny_model.json",
     log:
@@ -62,5 +64,7 @@ rule tiny_model:
     threads: workflow.cores
     params:
         cmd=cli("tiny-model", "--results-dir", RESULTS),
+        # not used by the command: a changed task, spec or warm-start code changes it, and Snakemake remakes the model
+        model=tiny.model_fingerprint(),
     shell:
         "{params.cmd} > {log:q} 2>&1"
