@@ -20,7 +20,7 @@ from fipo.eval.models import hub_snapshot, resolve_model
 from fipo.eval.runner import ON_CHANGE
 from fipo.eval.sampling import BACKENDS
 from fipo.eval.scoring import SCORERS
-from fipo.experiment import SpecError, list_experiments, list_presets, load_experiment
+from fipo.experiment import SpecError, list_experiments, list_presets, load_experiment, with_seed
 from fipo import training
 from fipo.files import write_text_atomic
 from fipo.analysis.errors import AnalysisError
@@ -45,10 +45,10 @@ def cmd_presets(args) -> int:
 
 
 def cmd_train(args) -> int:
-    exp = load_experiment(args.preset, args.experiment)
+    exp = with_seed(load_experiment(args.preset, args.experiment), args.seed)
     # Absolute paths: Ray workers do not share the launching shell's working directory.
     results_dir, data_dir = absolute_path(args.results_dir), absolute_path(args.data_dir)
-    run = run_folder(results_dir, args.preset, args.experiment)
+    run = run_folder(results_dir, args.preset, args.experiment, args.seed)
     extra = args.override or []
     overrides = verl_overrides(exp, data_dir=data_dir, run=run, results_dir=results_dir,
                                ray_address=args.ray_address) + extra
@@ -65,7 +65,8 @@ def cmd_train(args) -> int:
         model_identity(exp, results_dir), project_version(),
     )
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    with run.lock(f"fipo train --preset {args.preset} --experiment {args.experiment}") as lock_fd:
+    seed = "" if args.seed is None else f" --seed {args.seed}"
+    with run.lock(f"fipo train --preset {args.preset} --experiment {args.experiment}{seed}") as lock_fd:
         outcome = run.claim(provenance, log=log)
         log(f"[fipo] {exp.run_id}: fingerprint {short(provenance['fingerprint'])} ({outcome})")
         start = time.time()
@@ -146,15 +147,17 @@ def cmd_fetch_model(args) -> int:
 def cmd_convert(args) -> int:
     from fipo.eval.checkpoints import convert, select_step
 
-    run = run_folder(absolute_path(args.results_dir), args.preset, args.experiment)
+    run = run_folder(absolute_path(args.results_dir), args.preset, args.experiment, args.seed)
+    name = run.run_dir.name
     metric = args.metric
     if args.which == "best" and not args.step and not metric:  # the run's validation Avg@N (AIME24 if there)
         from fipo.analysis.runs import load_metrics, validation_metric
 
-        metric = validation_metric(load_metrics(run.metrics, args.preset, args.experiment), f"{args.preset}/{args.experiment}")
+        metric = validation_metric(load_metrics(run.metrics, args.preset, name), f"{args.preset}/{name}")
     step = args.step or select_step(run.checkpoints, args.which, run.metrics, metric)
     target = args.out or run.run_dir / "hf" / f"global_step_{step}"
-    origin = {"preset": args.preset, "experiment": args.experiment, "run_fingerprint": run.recorded_fingerprint(),
+    origin = {"preset": args.preset, "experiment": args.experiment, "seed": args.seed,
+              "run_fingerprint": run.recorded_fingerprint(),
               "which": "step" if args.step else args.which}
     print(convert(run.checkpoints, step, target, provenance=origin))
     return 0
@@ -164,7 +167,7 @@ def cmd_lengths(args) -> int:
     from fipo.analysis.rollouts import write_length_stats
 
     exp = load_experiment(args.preset, args.experiment)
-    run = run_folder(args.results_dir, args.preset, args.experiment)
+    run = run_folder(args.results_dir, args.preset, args.experiment, args.seed)
     out = args.out or run.length_stats
     print(write_length_stats(run.rollouts, out, model_path(exp, args.results_dir), exp.data.max_response_length,
                              log=lambda msg: print(msg, file=sys.stderr, flush=True)))
@@ -196,6 +199,17 @@ def _float_argument(text: str, expected: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (a seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
 
 
 def fraction(text: str) -> float:
@@ -262,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run (or print with --dry-run) the verl command of one experiment")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--experiment", required=True)
+    p.add_argument("--seed", type=non_negative_int, help="the run at this training seed (trainer.seed: data order, "
+                   "rollout sampling), in runs/<experiment>@seed<N>/; default: the spec's seed, in runs/<experiment>/")
     p.add_argument("--dry-run", action="store_true", help="print the verl command as one shell line and exit")
     p.add_argument("--data-dir", type=Path, default=data_mod.DEFAULT_DATA_DIR)
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
@@ -318,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="turn a run's checkpoint into a Hugging Face folder (verl's model merger)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--experiment", required=True)
+    p.add_argument("--seed", type=non_negative_int, help="the run at this training seed (trainer.seed: data order, "
+                   "rollout sampling), in runs/<experiment>@seed<N>/; default: the spec's seed, in runs/<experiment>/")
     p.add_argument("--step", type=int, help="a checkpointed step (default: chosen by --which)")
     p.add_argument("--which", default="last", choices=SELECTIONS)
     p.add_argument("--metric", help="validation metric for --which best, e.g. val-core/aime2024/acc/mean@32")
@@ -328,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lengths", help="per-step response-length quantiles of a run, from verl's rollout dumps")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--experiment", required=True)
+    p.add_argument("--seed", type=non_negative_int, help="the run at this training seed (trainer.seed: data order, "
+                   "rollout sampling), in runs/<experiment>@seed<N>/; default: the spec's seed, in runs/<experiment>/")
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--out", type=Path, help="CSV path (default: <run>/length_stats.csv)")
     p.set_defaults(func=cmd_lengths)

@@ -242,9 +242,18 @@ class RunFolder:
         return write_text_atomic(path or self.record, json.dumps(record, indent=2) + "\n")
 
 
-def run_folder(results_dir, preset: str, experiment: str) -> RunFolder:
-    """The run of ``experiment`` in ``preset``: ``<results>/<preset>/runs/<experiment>/``."""
-    return RunFolder(Path(results_dir) / preset / "runs" / experiment)
+SEED_MARK = "@seed"  # '@' is not allowed in experiment names (fipo.experiment.NAME_PATTERN): no run name is ambiguous
+
+
+def run_name(experiment: str, seed: int | None = None) -> str:
+    """A run's name: its experiment's at the spec's own seed (``trainer.seed``), ``<experiment>@seed<N>`` at an
+    explicit seed N."""
+    return experiment if seed is None else f"{experiment}{SEED_MARK}{seed}"
+
+
+def run_folder(results_dir, preset: str, experiment: str, seed: int | None = None) -> RunFolder:
+    """The run of ``experiment`` in ``preset``: ``<results>/<preset>/runs/<run name>/`` (:func:`run_name`)."""
+    return RunFolder(Path(results_dir) / preset / "runs" / run_name(experiment, seed))
 
 
 def read_steps(path: Path) -> dict[int, dict]:

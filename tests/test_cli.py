@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def fipo(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "fipo", *args], capture_output=True, text=True, timeout=300, **kwargs)
@@ -83,3 +85,39 @@ def test_the_cpu_machine_has_no_vllm_and_says_so(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert "vllm" in out.stderr.lower()
     assert not (tmp_path / "eval" / "settings.json").exists()
+
+
+def test_a_seed_names_its_own_run_and_sets_every_verl_seed():
+    out = fipo("train", "--preset", "tiny", "--experiment", "fipo", "--seed", "7", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    words = shlex.split(out.stdout)
+    for key in ("data.seed", "actor_rollout_ref.actor.data_loader_seed", "actor_rollout_ref.rollout.seed"):
+        assert f"{key}=7" in words
+    # Hydra quotes a value holding '@' (tests/test_tiny_training.py starts verl on such a command)
+    assert f"trainer.default_local_dir='{Path.cwd()}/results/tiny/runs/fipo@seed7/checkpoints'" in words
+    assert "trainer.experiment_name='tiny-fipo@seed7'" in words
+    assert "runs/fipo@seed7/metrics.jsonl" in out.stderr  # the environment line: verl's file logger
+    plain = fipo("train", "--preset", "tiny", "--experiment", "fipo", "--dry-run")
+    assert "data.seed=42" in shlex.split(plain.stdout) and "@seed" not in plain.stdout + plain.stderr
+    for bad in ("-1", "x", "1.5"):
+        out = fipo("train", "--preset", "tiny", "--experiment", "fipo", "--seed", bad, "--dry-run")
+        assert out.returncode == 2 and "--seed: must be a non-negative integer" in out.stderr, out.stderr
+
+
+def test_with_seed_changes_the_seed_the_name_and_the_fingerprint():
+    from fipo.experiment import SpecError, load_experiment, with_seed
+    from fipo.run_folder import run_folder, run_name, spec_fingerprint
+
+    exp = load_experiment("tiny", "fipo")
+    assert with_seed(exp, None) is exp
+    one, two = with_seed(exp, 1), with_seed(exp, 2)
+    assert (one.name, one.trainer.seed, one.run_id) == ("fipo@seed1", 1, "tiny-fipo@seed1")
+    assert one.fipo == exp.fipo and one.policy == exp.policy  # nothing else changes
+    prints = {spec_fingerprint(e, [], "v") for e in (exp, one, two)}
+    assert len(prints) == 3
+    assert run_name("fipo") == "fipo" and run_name("fipo-tau8", 0) == "fipo-tau8@seed0"
+    assert run_folder("r", "tiny", "fipo", 3).run_dir == Path("r/tiny/runs/fipo@seed3")
+    assert run_folder("r", "tiny", "fipo").run_dir == Path("r/tiny/runs/fipo")
+    for bad in (-1, True, 1.0, "1"):
+        with pytest.raises(SpecError, match="seed: must be a non-negative integer"):
+            with_seed(exp, bad)

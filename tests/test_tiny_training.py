@@ -13,12 +13,15 @@ import pytest
 
 @pytest.mark.slow
 def test_wall_clock_limit_stops_the_run_with_a_clear_message(tiny_world):
-    cmd = [sys.executable, "-m", "fipo", "train", "--preset", "tiny", "--experiment", "grpo", "--timeout", "20",
+    """At an explicit seed, so that verl (Hydra) also reads the quoted run paths holding '@seed' back."""
+    cmd = [sys.executable, "-m", "fipo", "train", "--preset", "tiny", "--experiment", "grpo", "--seed", "5", "--timeout", "20",
            "--data-dir", str(tiny_world["data"]), "--results-dir", str(tiny_world["results"])]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "RAY_TMPDIR": str(tiny_world["ray"])})
     assert out.returncode == 124
     assert "stopped after the wall-clock limit of 20 s" in out.stderr
+    assert "[fipo] tiny-grpo@seed5:" in out.stderr and "Platform override from VERL_PLATFORM" in out.stdout + out.stderr
+    assert (tiny_world["results"] / "tiny" / "runs" / "grpo@seed5" / "provenance.json").is_file()
     leftovers = [p.info["name"] for p in psutil.process_iter(["name", "environ"])
                  if (p.info["environ"] or {}).get("RAY_TMPDIR") == str(tiny_world["ray"])
                  and p.info["name"] in ("raylet", "gcs_server")]
