@@ -755,8 +755,8 @@ def test_an_edited_spec_reruns_only_its_run_and_survives_kill_9_of_every_kind_of
     shutil.copytree(ROOT / "config", config)
     preset = config / "presets" / "tiny.yaml"
     text = preset.read_text()
-    assert text.count("reward: {overlong_buffer_len: 12}") == 1
-    preset.write_text(text.replace("reward: {overlong_buffer_len: 12}", "reward: {overlong_buffer_len: 10}"))
+    assert text.count("reward: {overlong_buffer_len: 16}") == 1
+    preset.write_text(text.replace("reward: {overlong_buffer_len: 16}", "reward: {overlong_buffer_len: 12}"))
     env = {**smoke["env"], "FIPO_CONFIG_DIR": str(config)}
 
     # the plan: the edited run and exactly what depends on it

@@ -141,3 +141,23 @@ def test_tokenizer_source_reads_the_run_provenance(tmp_path):
     assert tokens.tokenizer_source(run, results) == str(model)
     (run / "provenance.json").write_text(json.dumps({"model": {"path": "Qwen/Qwen2.5-32B"}}))
     assert tokens.tokenizer_source(run, results) == "Qwen/Qwen2.5-32B"
+
+
+def test_a_resumed_run_keeps_only_the_last_attempt_of_each_step(tmp_path):
+    """Attempt 1 (pid 10) dumped steps 1 and 2 and was stopped after checkpoint 1; attempt 2 (pid 11) trained
+    step 2 again, then 3: the first attempt's step-2 records describe responses the run no longer has."""
+    run = tmp_path / "run"
+    write_dumps(run, [
+        {"call": 4, "pid": 10, "global_step": 1, "time": 1.0, "responses": [response([1], [1.0], 1, uid="a1")]},
+        {"call": 8, "pid": 10, "global_step": 2, "time": 2.0, "responses": [response([2], [1.0], 2, uid="a2")]},
+        {"call": 4, "pid": 11, "global_step": 2, "time": 3.0, "responses": [response([3], [1.0], 2, uid="b2")]},
+        {"call": 8, "pid": 11, "global_step": 3, "time": 4.0, "responses": [response([4], [1.0], 3, uid="b3")]},
+    ])
+    frame = tokens.load_token_dumps(run)
+    assert list(frame["uid"]) == ["a1", "b2", "b3"] and list(frame["attempt"]) == [0, 1, 1]
+    # same pid reused by the next attempt: the restarted call counter still tells them apart
+    write_dumps(run, [
+        {"call": 4, "pid": 10, "global_step": 2, "time": 2.0, "responses": [response([2], [1.0], 2, uid="a2")]},
+        {"call": 4, "pid": 10, "global_step": 2, "time": 3.0, "responses": [response([3], [1.0], 2, uid="b2")]},
+    ])
+    assert list(tokens.load_token_dumps(run)["uid"]) == ["b2"]

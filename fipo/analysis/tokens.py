@@ -27,9 +27,15 @@ def load_token_dumps(run_dir: Path) -> pd.DataFrame:
     """One row per dumped response: rank file, call, global step, prompt group (uid), length, token ids and the
     per-token arrays, in training order. ``progress`` runs from 0 to 1 over the dumped global steps (over write
     time for dumps written before they carried steps). A torn last line (a crash mid-write) is skipped; a bad line
-    elsewhere is an error."""
+    elsewhere is an error.
+
+    A resumed run trains the steps after its checkpoint again, and its dump file (appended to) still holds the
+    stopped attempt's records of those steps, drawn from responses the run no longer has (its rollout dumps are
+    rewritten). Each rank file's records are split into attempts (a new process: another pid, or a loss-call
+    counter that starts again), and of every global step only the last attempt's records are kept."""
     rows = []
     for path in dump_files(run_dir):
+        attempt, last_pid, last_call = 0, None, None
         try:
             records = list(read_jsonl(path, "token-dump"))
         except MalformedLineError as err:
@@ -40,13 +46,17 @@ def load_token_dumps(run_dir: Path) -> pd.DataFrame:
                 time = float(record["time"])
             except (KeyError, TypeError, ValueError):
                 raise MalformedLogError(path, number, "expected a token-dump record") from None
+            pid, call = record.get("pid"), record.get("call")
+            if last_call is not None and (pid != last_pid or (call is not None and call <= last_call)):
+                attempt += 1
+            last_pid, last_call = pid, call
             for response in responses:
                 n = len(response["influence_weight"])
                 ids = response.get("token_ids")
                 if any(len(response[f]) != n for f in FIELDS) or (ids is not None and len(ids) != n):
                     raise MalformedLogError(path, number, "per-token arrays of different lengths")
                 step = response.get("global_step", record.get("global_step"))
-                rows.append({"file": path.name, "time": time, "call": record.get("call"),
+                rows.append({"file": path.name, "attempt": attempt, "time": time, "call": call,
                              "global_step": np.nan if step is None else int(step), "uid": response.get("uid"),
                              "length": response["length"], "token_ids": ids,
                              **{f: np.asarray(response[f], dtype=np.float64) for f in FIELDS}})
@@ -54,6 +64,9 @@ def load_token_dumps(run_dir: Path) -> pd.DataFrame:
         raise MalformedLogError(dump_files(run_dir)[0], 0, "no records")
     frame = pd.DataFrame(rows)
     by_step = bool(frame["global_step"].notna().all())
+    if by_step:  # of each step, the last attempt that trained it
+        last = frame.groupby(["file", "global_step"])["attempt"].transform("max")
+        frame = frame[frame["attempt"] == last]
     clock = frame["global_step"] if by_step else frame["time"]
     frame = frame.assign(clock=clock).sort_values(["clock", "time"], kind="stable").reset_index(drop=True)
     frame["progress"] = (frame["clock"] - frame["clock"].min()) / max(frame["clock"].max() - frame["clock"].min(), 1e-9)
