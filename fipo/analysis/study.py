@@ -154,7 +154,8 @@ def render_report(measures: Mapping[str, Mapping[int, RunMeasures]], window: int
     seeds = sorted({s for by_seed in measures.values() for s in by_seed})
     results = compare_claims(measures, method, baseline)
     lines = [f"# {title}", "",
-             f"{len(measures)} methods ({', '.join(measures)}) x {len(seeds)} seeds ({', '.join(map(str, seeds))}). "
+             f"{len(measures)} methods ({', '.join(measures)}) x {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
+             f"({', '.join(map(str, seeds))}). "
              f"Length growth: mean response length over the last {window} training steps minus step 1's (the base "
              "model's batch).",
              "", "## Runs", "",
