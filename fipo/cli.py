@@ -389,8 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("study-report", help="the study's claims (FIPO vs DAPO) from runs at several seeds: "
                                             "effect, across-seed interval, paired test, verdict (Markdown)")
-    p.add_argument("--run", action="append", required=True, type=study_run, metavar="EXPERIMENT:SEED=RUN_DIR",
+    p.add_argument("--run", action="append", default=[], type=study_run, metavar="EXPERIMENT:SEED=RUN_DIR",
                    help="one run folder (holding metrics.jsonl) of an experiment at a seed; repeat for every run")
+    p.add_argument("--seeds", nargs="+", type=non_negative_int, metavar="N",
+                   help="instead of --run: the runs `fipo train --seed N` made, runs/<experiment>@seed<N>/ of "
+                        "--results-dir and --preset, for every --experiments")
+    p.add_argument("--experiments", nargs="+", default=["dapo", "fipo", "grpo"], metavar="NAME",
+                   help="with --seeds: the experiments (default: dapo fipo grpo)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--method", default="fipo")
     p.add_argument("--baseline", default="dapo")
     p.add_argument("--window", type=int, default=None, help="training steps averaged at each end (default 5)")
@@ -418,8 +425,14 @@ def cmd_study_report(args) -> int:
     window = study.LENGTH_WINDOW if args.window is None else args.window
     if window < 1:
         raise ValueError(f"--window: must be >= 1, got {window}")
+    if bool(args.run) == bool(args.seeds):
+        raise ValueError("study-report: give either --run (run folders) or --seeds (runs of fipo train --seed)")
+    if args.seeds and len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds: must be distinct, got {args.seeds}")
+    runs = args.run or [(e, seed, run_folder(args.results_dir, args.preset, e, seed).run_dir)
+                        for e in args.experiments for seed in args.seeds]
     measures: dict[str, dict[int, object]] = {}
-    for experiment, seed, folder in args.run:
+    for experiment, seed, folder in runs:
         if seed in measures.get(experiment, {}):
             raise ValueError(f"--run: {experiment} at seed {seed} given twice")
         measures.setdefault(experiment, {})[seed] = study.measure_run_folder(folder, experiment, seed, window)

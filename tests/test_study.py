@@ -129,3 +129,22 @@ def test_study_report_command(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["study-report", "--run", "fipo=somewhere", "--out", str(tmp_path / "x.md")])
     assert "expected EXPERIMENT:SEED=RUN_DIR" in capsys.readouterr().err
+
+
+def test_study_report_finds_the_runs_of_fipo_train_seed(tmp_path, capsys):
+    from fipo.cli import main
+
+    for method in ("fipo", "dapo"):
+        for seed in (1, 2):
+            _write_run(tmp_path / "tiny" / "runs" / f"{method}@seed{seed}", {s: 10.0 + s * seed for s in range(1, 12)},
+                       {0: 0.5, 5: 0.6, 11: 0.7})
+    out = tmp_path / "study.md"
+    common = ["--results-dir", str(tmp_path), "--out", str(out)]
+    assert main(["study-report", "--seeds", "1", "2", "--experiments", "fipo", "dapo", *common]) == 0
+    assert "2 methods (fipo, dapo) x 2 seeds (1, 2)" in out.read_text()
+    assert main(["study-report", "--seeds", "1", "3", "--experiments", "fipo", "dapo", *common]) == 2
+    assert "fipo@seed3" in capsys.readouterr().err  # the missing run, by name
+    assert main(["study-report", "--seeds", "1", "1", *common]) == 2
+    assert "--seeds: must be distinct" in capsys.readouterr().err
+    assert main(["study-report", *common]) == 2
+    assert "either --run (run folders) or --seeds" in capsys.readouterr().err
