@@ -16,9 +16,18 @@ from snakemake.utils import validate
 from fipo import data as fipo_data
 from fipo import tiny
 from fipo.analysis import catalog
-from fipo.experiment import SpecError, ablations, evaluation, list_experiments, list_presets, load_all, released
+from fipo.experiment import (
+    SpecError,
+    ablations,
+    evaluation,
+    list_experiments,
+    list_presets,
+    load_all,
+    released,
+    with_seed,
+)
 from fipo.provenance import project_version
-from fipo.run_folder import spec_fingerprint
+from fipo.run_folder import SEED_MARK, run_name, spec_fingerprint
 
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 
@@ -114,6 +123,20 @@ TABLES = [a.id for a in ARTIFACTS if a.kind == "table"]
 TRAIN = config.get("train") or {}
 TRAIN_OVERRIDES = list(TRAIN.get("overrides") or [])
 EVAL_N = (config.get("eval") or {}).get("n") or EVAL.n
+# The study target (workflow/rules/study.smk): its experiments at each seed, runs/<experiment>@seed<N>/.
+STUDY = config.get("study") or {}
+STUDY_EXPERIMENTS = list(STUDY.get("experiments") or [e for e in ("dapo", "grpo", "fipo") if e in SPECS])
+STUDY_SEEDS = list(STUDY.get("seeds") or [1, 2, 3])
+STUDY_OVERRIDES = list(STUDY.get("overrides") or [])
+STUDY_WINDOW = STUDY.get("window") or 5
+unknown = [e for e in STUDY_EXPERIMENTS if e not in SPECS]
+if unknown:
+    _fail(f"study.experiments: {unknown} not in preset {PRESET!r}; allowed: {', '.join(SPECS)}")
+missing = [e for e in ("fipo", "dapo") if e not in STUDY_EXPERIMENTS]
+if missing:
+    _fail(f"study.experiments: {STUDY_EXPERIMENTS} lacks {missing}: the study's claims compare fipo with dapo")
+STUDY_RUNS = [run_name(e, seed) for e in STUDY_EXPERIMENTS for seed in STUDY_SEEDS]
+RUNS = list(SPECS) + STUDY_RUNS  # every run folder a train job may make
 
 
 def one_of(names):
@@ -121,10 +144,27 @@ def one_of(names):
     return "|".join(re.escape(name) for name in names)
 
 
+def run_parts(run):
+    """(experiment, seed) of a run name (fipo.run_folder.run_name): seed None for the spec's own."""
+    experiment, mark, seed = run.rpartition(SEED_MARK)
+    return (experiment, int(seed)) if mark else (run, None)
+
+
+def run_spec(wildcards):
+    """The experiment a train job's run belongs to (the spec at its own seed: resources do not depend on it)."""
+    return SPECS[run_parts(wildcards.run)[0]]
+
+
+def run_overrides(run):
+    """The user's overrides of every run, then the study's for a study run."""
+    return TRAIN_OVERRIDES + (STUDY_OVERRIDES if run_parts(run)[1] is not None else [])
+
+
 def run_fingerprint(wildcards):
     """What the spec says about a run (fipo.run_folder.spec_fingerprint): a train job whose spec changed reruns
     (Snakemake's params trigger), and `fipo train` moves the old run aside instead of resuming it."""
-    return spec_fingerprint(SPECS[wildcards.experiment], TRAIN_OVERRIDES, VERSION)
+    experiment, seed = run_parts(wildcards.run)
+    return spec_fingerprint(with_seed(SPECS[experiment], seed), run_overrides(wildcards.run), VERSION)
 
 
 # ------------------------------------------------------------------------------------ file names
@@ -144,12 +184,12 @@ def dataset_files(names):
 
 
 def train_inputs(wildcards):
-    spec = SPECS[wildcards.experiment]
+    spec = run_spec(wildcards)
     inputs = dataset_files([spec.data.train, *spec.data.val])
     if "${results_dir}" in spec.model.path:  # a model the pipeline makes (tiny)
         inputs.append(f"{RESULTS}/tiny/base_model/tiny_model.json")
     if spec.trainer.device == "cuda":
-        inputs.append(doctor_marker(f"train/{wildcards.experiment}"))
+        inputs.append(doctor_marker(f"train/{run_parts(wildcards.run)[0]}"))  # a seed needs no other machine
     return inputs
 
 
@@ -222,23 +262,25 @@ def cli(*parts):
 
 
 def train_params(wildcards):
+    experiment, seed = run_parts(wildcards.run)
     parts = [
         "--preset",
         PRESET,
         "--experiment",
-        wildcards.experiment,
+        experiment,
+        *(["--seed", str(seed)] if seed is not None else []),
         "--results-dir",
         RESULTS,
         "--data-dir",
         DATA,
         "--record",
-        run_record(wildcards.experiment),
+        run_record(wildcards.run),
     ]
     if TRAIN.get("timeout_s"):
         parts += ["--timeout", str(TRAIN["timeout_s"])]
     if TRAIN.get("ray_address"):
         parts += ["--ray-address", TRAIN["ray_address"]]
-    for override in TRAIN_OVERRIDES:
+    for override in run_overrides(wildcards.run):
         parts += ["--override", override]
     return cli("train", *parts)
 

@@ -5,26 +5,25 @@
 
 
 rule train:
+    # {run}: an experiment (at its spec's seed), or <experiment>@seed<N> of the study (workflow/rules/study.smk)
     input:
         train_inputs,
     output:
-        f"{RESULTS}/{{preset}}/runs/{{experiment}}/run.json",
+        f"{RESULTS}/{{preset}}/runs/{{run}}/run.json",
     log:
-        f"{RESULTS}/logs/{{preset}}/train/{{experiment}}.log",
+        f"{RESULTS}/logs/{{preset}}/train/{{run}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/{{preset}}/train/{{experiment}}.tsv"
+        f"{RESULTS}/benchmarks/{{preset}}/train/{{run}}.tsv"
     conda:
         conda_env
     # CPU runs take every core: two verl runs side by side on 2 cores are slower than one after the other.
-    threads: lambda wildcards: workflow.cores if SPECS[wildcards.experiment].trainer.device == "cpu" else 1
+    threads: lambda wildcards: workflow.cores if run_spec(wildcards).trainer.device == "cpu" else 1
     resources:
-        mem_mb=lambda wildcards: gpu_resources(SPECS[wildcards.experiment])["mem_mb"],
-        runtime=lambda wildcards: gpu_resources(SPECS[wildcards.experiment])["runtime"],
-        gpu=lambda wildcards: gpu_resources(SPECS[wildcards.experiment])["gpu"],
-        nodes=lambda wildcards: gpu_resources(SPECS[wildcards.experiment])["nodes"],
-        cpus_per_task=lambda wildcards, threads: gpu_resources(SPECS[wildcards.experiment]).get(
-            "cpus_per_task", threads
-        ),
+        mem_mb=lambda wildcards: gpu_resources(run_spec(wildcards))["mem_mb"],
+        runtime=lambda wildcards: gpu_resources(run_spec(wildcards))["runtime"],
+        gpu=lambda wildcards: gpu_resources(run_spec(wildcards))["gpu"],
+        nodes=lambda wildcards: gpu_resources(run_spec(wildcards))["nodes"],
+        cpus_per_task=lambda wildcards, threads: gpu_resources(run_spec(wildcards)).get("cpus_per_task", threads),
     params:
         cmd=train_params,
         # not used by the command: a changed spec changes it, and Snakemake reruns a job whose params changed
