@@ -156,9 +156,9 @@ def cmd_convert(args) -> int:
         metric = validation_metric(load_metrics(run.metrics, args.preset, name), f"{args.preset}/{name}")
     step = args.step or select_step(run.checkpoints, args.which, run.metrics, metric)
     target = args.out or run.run_dir / "hf" / f"global_step_{step}"
-    origin = {"preset": args.preset, "experiment": args.experiment, "seed": args.seed,
-              "run_fingerprint": run.recorded_fingerprint(),
-              "which": "step" if args.step else args.which}
+    # the seed only when given: an unseeded run's provenance.json stays as it was
+    origin = {"preset": args.preset, "experiment": args.experiment, **({} if args.seed is None else {"seed": args.seed}),
+              "run_fingerprint": run.recorded_fingerprint(), "which": "step" if args.step else args.which}
     print(convert(run.checkpoints, step, target, provenance=origin))
     return 0
 
@@ -210,6 +210,13 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
     return value
+
+
+def add_seed_argument(parser: argparse.ArgumentParser) -> None:
+    """``--seed`` of the commands that find a run folder (train, convert, lengths)."""
+    parser.add_argument("--seed", type=non_negative_int, help="the run at this training seed (trainer.seed: data "
+                        "order, rollout sampling), in runs/<experiment>@seed<N>/; default: the spec's seed, in "
+                        "runs/<experiment>/")
 
 
 def fraction(text: str) -> float:
@@ -276,8 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run (or print with --dry-run) the verl command of one experiment")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--experiment", required=True)
-    p.add_argument("--seed", type=non_negative_int, help="the run at this training seed (trainer.seed: data order, "
-                   "rollout sampling), in runs/<experiment>@seed<N>/; default: the spec's seed, in runs/<experiment>/")
+    add_seed_argument(p)
     p.add_argument("--dry-run", action="store_true", help="print the verl command as one shell line and exit")
     p.add_argument("--data-dir", type=Path, default=data_mod.DEFAULT_DATA_DIR)
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
@@ -334,8 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="turn a run's checkpoint into a Hugging Face folder (verl's model merger)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--experiment", required=True)
-    p.add_argument("--seed", type=non_negative_int, help="the run at this training seed (trainer.seed: data order, "
-                   "rollout sampling), in runs/<experiment>@seed<N>/; default: the spec's seed, in runs/<experiment>/")
+    add_seed_argument(p)
     p.add_argument("--step", type=int, help="a checkpointed step (default: chosen by --which)")
     p.add_argument("--which", default="last", choices=SELECTIONS)
     p.add_argument("--metric", help="validation metric for --which best, e.g. val-core/aime2024/acc/mean@32")
@@ -346,8 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lengths", help="per-step response-length quantiles of a run, from verl's rollout dumps")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--experiment", required=True)
-    p.add_argument("--seed", type=non_negative_int, help="the run at this training seed (trainer.seed: data order, "
-                   "rollout sampling), in runs/<experiment>@seed<N>/; default: the spec's seed, in runs/<experiment>/")
+    add_seed_argument(p)
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--out", type=Path, help="CSV path (default: <run>/length_stats.csv)")
     p.set_defaults(func=cmd_lengths)
@@ -434,7 +438,7 @@ def cmd_study_report(args) -> int:
     measures: dict[str, dict[int, object]] = {}
     for experiment, seed, folder in runs:
         if seed in measures.get(experiment, {}):
-            raise ValueError(f"--run: {experiment} at seed {seed} given twice")
+            raise ValueError(f"study-report: {experiment} at seed {seed} given twice")
         measures.setdefault(experiment, {})[seed] = study.measure_run_folder(folder, experiment, seed, window)
     text = study.render_report(measures, window, args.method, args.baseline)
     write_text_atomic(args.out, text)

@@ -22,7 +22,6 @@ from typing import Mapping, Optional
 from fipo.eval.metrics import LEVEL, beta_cdf, beta_quantile
 
 ONE_SEED = "one seed: no across-seed statistics"
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
 
 def t_two_sided_p(t: float, df: int) -> float:

@@ -53,19 +53,14 @@ class RunMeasures:
 
 
 def _pearson(x: list[float], y: list[float]) -> float | None:
-    if len(x) < 3:
-        return None
-    mx, my = math.fsum(x) / len(x), math.fsum(y) / len(y)
-    sxy = math.fsum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx, syy = math.fsum((a - mx) ** 2 for a in x), math.fsum((b - my) ** 2 for b in y)
-    if sxx == 0 or syy == 0:
-        return None
-    return sxy / math.sqrt(sxx * syy)
+    """Pearson r (pandas); None with fewer than 3 points or a constant series, where it says nothing."""
+    r = pd.Series(x, dtype=float).corr(pd.Series(y, dtype=float)) if len(x) >= 3 else math.nan
+    return None if math.isnan(r) else float(r)
 
 
 def run_measures(frame: pd.DataFrame, run: str, window: int = LENGTH_WINDOW) -> RunMeasures:
-    """The study's measures of one run of a tidy metrics frame; a missing metric raises MissingMetricError,
-    a run shorter than two windows AnalysisError (its start and end would overlap)."""
+    """The study's measures of one run of a tidy metrics frame; a missing metric raises MissingMetricError, a run
+    without a step-1 length or with no more training steps than ``window`` AnalysisError."""
     require(frame, [derived.MEAN_RESPONSE_LENGTH], needed_by="the study", runs=[run])
     lengths = series(frame, run, derived.MEAN_RESPONSE_LENGTH).dropna()
     lengths = lengths[lengths.index >= 1]  # training steps (step 0 is the initial validation)
