@@ -45,10 +45,10 @@ def cmd_presets(args) -> int:
 
 
 def cmd_train(args) -> int:
-    exp = with_seed(load_experiment(args.preset, args.experiment), args.seed)
+    exp = with_seed(load_experiment(args.preset, args.experiment), args.seed, args.study)
     # Absolute paths: Ray workers do not share the launching shell's working directory.
     results_dir, data_dir = absolute_path(args.results_dir), absolute_path(args.data_dir)
-    run = run_folder(results_dir, args.preset, args.experiment, args.seed)
+    run = run_folder(results_dir, args.preset, args.experiment, args.seed, args.study)
     extra = args.override or []
     overrides = verl_overrides(exp, data_dir=data_dir, run=run, results_dir=results_dir,
                                ray_address=args.ray_address) + extra
@@ -65,7 +65,7 @@ def cmd_train(args) -> int:
         model_identity(exp, results_dir), project_version(),
     )
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    seed = "" if args.seed is None else f" --seed {args.seed}"
+    seed = ("" if args.seed is None else f" --seed {args.seed}") + (" --study" if args.study else "")
     with run.lock(f"fipo train --preset {args.preset} --experiment {args.experiment}{seed}") as lock_fd:
         outcome = run.claim(provenance, log=log)
         log(f"[fipo] {exp.run_id}: fingerprint {short(provenance['fingerprint'])} ({outcome})")
@@ -147,7 +147,7 @@ def cmd_fetch_model(args) -> int:
 def cmd_convert(args) -> int:
     from fipo.eval.checkpoints import convert, select_step
 
-    run = run_folder(absolute_path(args.results_dir), args.preset, args.experiment, args.seed)
+    run = run_folder(absolute_path(args.results_dir), args.preset, args.experiment, args.seed, args.study)
     name = run.run_dir.name
     metric = args.metric
     if args.which == "best" and not args.step and not metric:  # the run's validation Avg@N (AIME24 if there)
@@ -158,6 +158,7 @@ def cmd_convert(args) -> int:
     target = args.out or run.run_dir / "hf" / f"global_step_{step}"
     # the seed only when given: an unseeded run's provenance.json stays as it was
     origin = {"preset": args.preset, "experiment": args.experiment, **({} if args.seed is None else {"seed": args.seed}),
+              **({"study": True} if args.study else {}),
               "run_fingerprint": run.recorded_fingerprint(), "which": "step" if args.step else args.which}
     print(convert(run.checkpoints, step, target, provenance=origin))
     return 0
@@ -167,7 +168,7 @@ def cmd_lengths(args) -> int:
     from fipo.analysis.rollouts import write_length_stats
 
     exp = load_experiment(args.preset, args.experiment)
-    run = run_folder(args.results_dir, args.preset, args.experiment, args.seed)
+    run = run_folder(args.results_dir, args.preset, args.experiment, args.seed, args.study)
     out = args.out or run.length_stats
     print(write_length_stats(run.rollouts, out, model_path(exp, args.results_dir), exp.data.max_response_length,
                              log=lambda msg: print(msg, file=sys.stderr, flush=True)))
@@ -217,6 +218,8 @@ def add_seed_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=non_negative_int, help="the run at this training seed (trainer.seed: data "
                         "order, rollout sampling), in runs/<experiment>@seed<N>/; default: the spec's seed, in "
                         "runs/<experiment>/")
+    parser.add_argument("--study", action="store_true", help="with --seed: the study's run at that seed "
+                        "(snakemake study: trained longer), in runs/<experiment>@study-seed<N>/")
 
 
 def fraction(text: str) -> float:
@@ -396,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", action="append", default=[], type=study_run, metavar="EXPERIMENT:SEED=RUN_DIR",
                    help="one run folder (holding metrics.jsonl) of an experiment at a seed; repeat for every run")
     p.add_argument("--seeds", nargs="+", type=non_negative_int, metavar="N",
-                   help="instead of --run: the runs `fipo train --seed N` made, runs/<experiment>@seed<N>/ of "
+                   help="instead of --run: the runs `fipo train --seed N --study` made, runs/<experiment>@study-seed<N>/ of "
                         "--results-dir and --preset, for every --experiments")
     p.add_argument("--experiments", nargs="+", default=["dapo", "fipo", "grpo"], metavar="NAME",
                    help="with --seeds: the experiments (default: dapo fipo grpo)")
@@ -430,10 +433,10 @@ def cmd_study_report(args) -> int:
     if window < 1:
         raise ValueError(f"--window: must be >= 1, got {window}")
     if bool(args.run) == bool(args.seeds):
-        raise ValueError("study-report: give either --run (run folders) or --seeds (runs of fipo train --seed)")
+        raise ValueError("study-report: give either --run (run folders) or --seeds (runs of fipo train --seed --study)")
     if args.seeds and len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds: must be distinct, got {args.seeds}")
-    runs = args.run or [(e, seed, run_folder(args.results_dir, args.preset, e, seed).run_dir)
+    runs = args.run or [(e, seed, run_folder(args.results_dir, args.preset, e, seed, study=True).run_dir)
                         for e in args.experiments for seed in args.seeds]
     measures: dict[str, dict[int, object]] = {}
     for experiment, seed, folder in runs:
@@ -447,7 +450,10 @@ def cmd_study_report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "study", False) and args.seed is None:
+        parser.error("--study: the study's runs are at a seed; give --seed N")
     try:
         return args.func(args)
     except (SpecError, data_mod.DatasetUnavailable, ValueError, AnalysisError, RunFolderBusy) as e:

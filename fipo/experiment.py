@@ -730,17 +730,17 @@ def _refuse_on_policy_fipo(exp: Experiment, need) -> None:
     )
 
 
-def with_seed(exp: Experiment, seed: int | None) -> Experiment:
+def with_seed(exp: Experiment, seed: int | None, study: bool = False) -> Experiment:
     """``exp`` trained under ``seed`` (verl's data, data-loader and rollout seeds: ``trainer.seed``), named as its
-    run (:func:`fipo.run_folder.run_name`: ``fipo@seed1``) so that the run's trackers and logs tell seeds apart.
-    ``None``: ``exp`` itself, at the spec's seed."""
+    run (:func:`fipo.run_folder.run_name`: ``fipo@seed1``, or ``fipo@study-seed1`` for the study's) so that the
+    run's trackers and logs tell seeds apart. ``None``: ``exp`` itself, at the spec's seed."""
     if seed is None:
         return exp
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise SpecError(f"seed: must be a non-negative integer, got {seed!r}")
     from fipo.run_folder import run_name
 
-    return dataclasses.replace(exp, name=run_name(exp.name, seed), trainer=dataclasses.replace(exp.trainer, seed=seed))
+    return dataclasses.replace(exp, name=run_name(exp.name, seed, study), trainer=dataclasses.replace(exp.trainer, seed=seed))
 
 
 def load_experiment(preset: str, name: str, config_dir: Path = CONFIG_DIR) -> Experiment:

@@ -243,17 +243,34 @@ class RunFolder:
 
 
 SEED_MARK = "@seed"  # '@' is not allowed in experiment names (fipo.experiment.NAME_PATTERN): no run name is ambiguous
+# The study's runs (workflow/rules/study.smk) train longer than the pipeline's own runs at the same seed, so they
+# are other runs with other folders: <experiment>@study-seed<N>.
+STUDY_MARK = "@study-seed"
+RUN_NAME = re.compile(r"^(?P<experiment>[^@]+)(?:@(?P<study>study-)?seed(?P<seed>[0-9]+))?$")
 
 
-def run_name(experiment: str, seed: int | None = None) -> str:
+def run_name(experiment: str, seed: int | None = None, study: bool = False) -> str:
     """A run's name: its experiment's at the spec's own seed (``trainer.seed``), ``<experiment>@seed<N>`` at an
-    explicit seed N."""
-    return experiment if seed is None else f"{experiment}{SEED_MARK}{seed}"
+    explicit seed N, ``<experiment>@study-seed<N>`` for the study's run at seed N."""
+    if seed is None:
+        if study:
+            raise ValueError(f"{experiment}: a study run needs a seed")
+        return experiment
+    return f"{experiment}{STUDY_MARK if study else SEED_MARK}{seed}"
 
 
-def run_folder(results_dir, preset: str, experiment: str, seed: int | None = None) -> RunFolder:
+def parse_run_name(name: str) -> tuple[str, int | None, bool]:
+    """(experiment, seed or None, study) of a :func:`run_name`."""
+    match = RUN_NAME.match(name)
+    if not match:
+        raise ValueError(f"{name!r} is not a run name (<experiment>, <experiment>@seed<N> or <experiment>@study-seed<N>)")
+    seed = match.group("seed")
+    return match.group("experiment"), None if seed is None else int(seed), bool(match.group("study"))
+
+
+def run_folder(results_dir, preset: str, experiment: str, seed: int | None = None, study: bool = False) -> RunFolder:
     """The run of ``experiment`` in ``preset``: ``<results>/<preset>/runs/<run name>/`` (:func:`run_name`)."""
-    return RunFolder(Path(results_dir) / preset / "runs" / run_name(experiment, seed))
+    return RunFolder(Path(results_dir) / preset / "runs" / run_name(experiment, seed, study))
 
 
 def read_steps(path: Path) -> dict[int, dict]:

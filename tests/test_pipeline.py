@@ -857,15 +857,54 @@ def test_an_edited_spec_reruns_only_its_run_and_survives_kill_9_of_every_kind_of
     assert "Nothing to be done" in rerun.stdout + rerun.stderr, rerun.stdout[-3000:]
 
 
+# ------------------------------------------------------------------------------------ seeds
+
+
+def test_seeds_run_every_experiment_once_per_seed_through_every_step(tmp_path):
+    jobs = planned(results=tmp_path, config=["seeds=[1, 2]", "experiments=[dapo, fipo]"])
+    runs = {f"{e}@seed{s}" for e in ("dapo", "fipo") for s in (1, 2)}
+    assert trained(jobs) == runs
+    assert {Path(out).parent.name for r, out in jobs if r == "lengths"} == runs
+    assert {Path(out).parent.parent.name for r, out in jobs if r == "convert"} == runs
+    assert {Path(out).parent.parent.name for r, out in jobs if r == "evaluate"} == runs
+    assert made(jobs, "figure") | made(jobs, "table") == {a.id for a in catalog.artifacts_for("tiny")
+                                                          if set(a.experiments) <= {"dapo", "fipo"}}
+    # the study's runs at the same seeds are other runs (they train longer)
+    assert trained(planned("study", results=tmp_path, config=["seeds=[1, 2]"])) == {
+        f"{e}@study-seed{s}" for e in ("dapo", "grpo", "fipo") for s in (1, 2, 3)}
+
+
+def test_each_seed_is_trained_evaluated_and_handed_to_the_notebooks_with_its_seed(tmp_path):
+    out = snakemake("-n", "-p", "fig01", "index", results=tmp_path, config=["seeds=[4, 0]", "experiments=[dapo, fipo]"])
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "--experiment fipo --seed 0 --results-dir" in out.stdout
+    assert "--experiment dapo --seed 4 --which" in out.stdout  # convert
+    assert f"--out {tmp_path}/tiny/eval/fipo@seed0/tiny-test" in out.stdout
+    assert "-r seeds 4,0" in out.stdout  # the figures' and the index's notebooks
+    assert "--seed" not in snakemake("-n", "-p", "fig01", results=tmp_path).stdout  # no seeds: the spec's seed
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ("[1, 1]", "non-unique elements"),
+    ("[-1]", "-1 is less than the minimum of 0"),
+    ("[x]", "'x' is not of type 'integer'"),
+    ("3", "3 is not of type 'array'"),
+])
+def test_bad_seeds_fail_before_any_job_naming_the_key(tmp_path, seeds, message):
+    out = snakemake("-n", results=tmp_path, config=[f"seeds={seeds}"])
+    assert out.returncode != 0 and message in out.stdout and "seeds" in out.stdout, out.stdout[-2000:]
+    assert not (tmp_path / "tiny").exists()
+
+
 # ------------------------------------------------------------------------------------ the study target
 
 
 def test_the_study_plans_each_experiment_at_each_seed(tmp_path):
     jobs = planned("study", results=tmp_path)
-    assert trained(jobs) == {f"{e}@seed{s}" for e in ("dapo", "grpo", "fipo") for s in (1, 2, 3)}
+    assert trained(jobs) == {f"{e}@study-seed{s}" for e in ("dapo", "grpo", "fipo") for s in (1, 2, 3)}
     assert ("study", f"{tmp_path}/tiny/study.md") in jobs and not made(jobs, "figure")
     jobs = planned("study", results=tmp_path, config=["study={seeds: [7], experiments: [fipo, dapo]}"])
-    assert trained(jobs) == {"fipo@seed7", "dapo@seed7"}
+    assert trained(jobs) == {"fipo@study-seed7", "dapo@study-seed7"}
     assert trained(planned(results=tmp_path)) == set(list_experiments("tiny"))  # the default target has no seeds
 
 
@@ -892,8 +931,9 @@ def test_the_study_trains_every_seed_and_reports_the_claims(tmp_path, ray_dir):
                     env={"RAY_TMPDIR": str(ray_dir)}, timeout=1800)
     assert out.returncode == 0, out.stdout[-4000:]
     runs = tmp_path / "results" / "tiny" / "runs"
-    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["dapo@seed1", "dapo@seed2", "fipo@seed1", "fipo@seed2"]
-    seeds = {json.loads((runs / f"fipo@seed{s}" / "provenance.json").read_text())["fingerprint"] for s in (1, 2)}
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == [
+        "dapo@study-seed1", "dapo@study-seed2", "fipo@study-seed1", "fipo@study-seed2"]
+    seeds = {json.loads((runs / f"fipo@study-seed{s}" / "provenance.json").read_text())["fingerprint"] for s in (1, 2)}
     assert len(seeds) == 2  # the seed is part of what a run is
     report = (tmp_path / "results" / "tiny" / "study.md").read_text()
     assert "2 methods (dapo, fipo) x 2 seeds (1, 2)" in report and "| fipo | 2 |" in report

@@ -151,3 +151,18 @@ def verdict(comparison: PairedComparison, expected_sign: int = 1) -> str:
     if high < 0:
         return "not reproduced"
     return "inconclusive"
+
+
+def band(values, level: float = LEVEL):
+    """Per step, the across-seed mean of a per-step series and its t interval: ``values`` is a frame with one row per
+    step and one column per seed (NaN where a seed has no value). Returns a frame indexed by step with columns
+    ``mean``, ``low``, ``high`` (NaN where fewer than two seeds have a value: no interval) and ``seeds``."""
+    import pandas as pd
+
+    count = values.notna().sum(axis=1)
+    mean = values.mean(axis=1, skipna=True)
+    sd = values.std(axis=1, ddof=1, skipna=True)
+    quantile = pd.Series([t_quantile(0.5 + level / 2, int(k) - 1) if k >= 2 else float("nan") for k in count],
+                         index=values.index, dtype=float)
+    half = quantile * sd / count.clip(lower=1) ** 0.5
+    return pd.DataFrame({"mean": mean, "low": mean - half, "high": mean + half, "seeds": count})

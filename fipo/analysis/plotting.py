@@ -13,7 +13,9 @@ import pandas as pd  # noqa: E402
 
 from fipo.analysis import catalog  # noqa: E402
 from fipo.files import atomic_write, write_text_atomic  # noqa: E402
-from fipo.analysis.runs import series  # noqa: E402
+from fipo.analysis.across_seeds import band  # noqa: E402
+from fipo.analysis.runs import experiment_runs, series  # noqa: E402
+from fipo.eval.metrics import LEVEL  # noqa: E402
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 160, "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9,
@@ -50,21 +52,44 @@ def grid(panels: int, columns: int = 3, size=(3.4, 2.6)):
 
 def plot_metric(ax, frame: pd.DataFrame, experiments: Sequence[str], metric: str, title: str, ylabel: str = "",
                 scale: float = 1.0, marker: str | None = None) -> None:
-    """One panel: ``metric`` against step for each experiment (runs are named <preset>/<experiment>)."""
-    for run in dict.fromkeys(frame["run"]):
-        experiment = run.split("/", 1)[-1]
-        if experiment not in experiments:
-            continue
-        s = series(frame, run, metric) * scale
-        ax.plot(s.index, s.values, label=_label(run, experiments), color=color(experiment), marker=marker, ms=3)
+    """One panel: ``metric`` against step for each experiment; an experiment run at several seeds is drawn as
+    their mean, a band and one thin line per seed (:func:`plot_seeds`)."""
+    for experiment in experiments:
+        per_seed = {seed: series(frame, run, metric) * scale
+                    for seed, run in experiment_runs(frame, experiment).items()}
+        if per_seed:
+            preset = frame.loc[frame["experiment"] == experiment, "preset"].iloc[0]
+            plot_seeds(ax, per_seed, _label(preset, experiment, experiments), color(experiment), marker)
     ax.set_title(title)
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
 
 
-def _label(run: str, experiments: Sequence[str]) -> str:
-    """The legend label of a run <preset>/<experiment>, from its spec (fipo.analysis.labels)."""
-    preset, experiment = run.split("/", 1)
+BAND_NOTE = ("several seeds: thick line, the across-seed mean; band, its {level:.0%} t interval at each step "
+             "(it resamples training seeds); thin lines, single seeds")
+
+
+def plot_seeds(ax, per_seed: dict, label: str, line_color: str | None = None, marker: str | None = None) -> None:
+    """One experiment's per-step series ({seed: Series indexed by step}). One run: a plain line. Several seeds: the
+    across-seed mean (labelled with the number of seeds), its t interval as a band where two seeds or more have
+    the step, and each seed as a thin line of the same colour; the figure's footnote (:func:`finish`) says so."""
+    if len(per_seed) == 1:
+        s = next(iter(per_seed.values()))
+        ax.plot(s.index, s.values, label=label, color=line_color, marker=marker, ms=3)
+        return
+    table = pd.DataFrame(per_seed).sort_index()
+    for seed in table.columns:
+        s = table[seed].dropna()
+        ax.plot(s.index, s.values, color=line_color, lw=0.6, alpha=0.45)
+    stats = band(table)
+    ax.fill_between(stats.index, stats["low"], stats["high"], color=line_color, alpha=0.18, lw=0)
+    ax.plot(stats.index, stats["mean"], label=f"{label} (mean of {len(per_seed)} seeds)", color=line_color,
+            marker=marker, ms=3)
+    ax.figure.fipo_band_note = BAND_NOTE.format(level=LEVEL)
+
+
+def _label(preset: str, experiment: str, experiments: Sequence[str]) -> str:
+    """The legend label of an experiment's runs, from its spec (fipo.analysis.labels)."""
     return catalog.label(experiment, preset or None, tuple(experiments))
 
 
@@ -73,7 +98,8 @@ def panel_letter(i: int) -> str:
 
 
 def finish(fig, axes, title: str, subtitle: str = "") -> None:
-    """Shared legend, the title (what this preset ran) and a subtitle (the paper's wording)."""
+    """Shared legend, the title (what this preset ran), a subtitle (the paper's wording) and, when a panel drew
+    several seeds, the footnote that says what the band is."""
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 3), bbox_to_anchor=(0.5, 1.0), frameon=False)
@@ -81,6 +107,9 @@ def finish(fig, axes, title: str, subtitle: str = "") -> None:
     fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), y=1 + 0.15 / fig.get_figheight(), va="bottom",
                  fontsize=10)
     fig.tight_layout()
+    note = getattr(fig, "fipo_band_note", "")
+    if note:
+        fig.text(0.01, -0.2 / fig.get_figheight(), note, fontsize=7, color="0.35", va="top")
 
 
 def save_figure(fig, out_dir, name: str) -> list[Path]:
@@ -115,19 +144,22 @@ def _cell(value) -> str:
 
 
 def plot_validation(ax, frame: pd.DataFrame, experiments: Sequence[str], stat: str = "mean", title: str = "") -> None:
-    """Validation accuracy in % (Avg@N for ``stat="mean"``, Cons@N for ``"maj"``) against step."""
+    """Validation accuracy in % (Avg@N for ``stat="mean"``, Cons@N for ``"maj"``) against step; several seeds of an
+    experiment as in :func:`plot_seeds`."""
+    from fipo.analysis.labels import validation_benchmarks
     from fipo.analysis.runs import validation_metric
 
-    from fipo.analysis.labels import validation_benchmarks
-
     name, benchmarks = "", []
-    for run in dict.fromkeys(frame["run"]):
-        preset, experiment = run.split("/", 1)
-        if experiment not in experiments:
+    for experiment in experiments:
+        runs = experiment_runs(frame, experiment)
+        if not runs:
             continue
-        name = validation_metric(frame, run, stat)
-        s = series(frame, run, name) * 100
-        ax.plot(s.index, s.values, label=_label(run, experiments), color=color(experiment), marker="o", ms=3)
+        per_seed = {}
+        for seed, run in runs.items():
+            name = validation_metric(frame, run, stat)
+            per_seed[seed] = series(frame, run, name) * 100
+        preset = frame.loc[frame["experiment"] == experiment, "preset"].iloc[0]
+        plot_seeds(ax, per_seed, _label(preset, experiment, experiments), color(experiment), marker="o")
         if preset:
             benchmarks.append(validation_benchmarks(preset, experiment))
     # what the axis measures: the runs' validation data (by dataset name) and the N verl logged

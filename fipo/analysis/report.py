@@ -15,7 +15,7 @@ from fipo.analysis import catalog
 from fipo.analysis.labels import plain
 from fipo.analysis.locate import project_root
 from fipo.analysis.runs import run_folder
-from fipo.run_folder import read_steps
+from fipo.run_folder import read_steps, run_name
 from fipo.experiment import evaluation, load_experiment, preset_info
 from fipo.provenance import digest_of, file_digest, short
 
@@ -57,8 +57,8 @@ def _all_settings(preset: str, experiments) -> str:
             f"<table><tr><th>key</th>{header}</tr>{body}</table></details>")
 
 
-def _run_status(results_dir, preset: str, experiment: str) -> dict[str, str]:
-    run = run_folder(results_dir, preset, experiment)
+def _run_status(results_dir, preset: str, experiment: str, seed=None) -> dict[str, str]:
+    run = run_folder(results_dir, preset, experiment, seed)
     if not run.metrics.is_file():
         return {"run": "not run", "fingerprint": "–"}
     steps = read_steps(run.metrics)
@@ -67,19 +67,20 @@ def _run_status(results_dir, preset: str, experiment: str) -> dict[str, str]:
             "fingerprint": short(record["fingerprint"]) if "fingerprint" in record else "unfinished"}
 
 
-def artifact_fingerprint(results_dir, preset: str, art) -> str:
-    """What an artifact was made from: its notebook's content, each run's fingerprint and each evaluation
-    (the model's digest, the scorer and the summary's conventions). Equal fingerprints, equal inputs."""
+def artifact_fingerprint(results_dir, preset: str, art, seeds=()) -> str:
+    """What an artifact was made from: its notebook's content, each run's fingerprint (every seed's) and each
+    evaluation (the model's digest, the scorer and the summary's conventions). Equal fingerprints, equal inputs."""
     # the source notebook, wherever the index is built from (its kernel may run in results/<preset>/notebooks/)
     notebooks = (project_root() or Path.cwd()) / "notebooks"
     inputs = {"notebook": file_digest(catalog.notebook_path(art.id, notebooks)), "runs": {}, "evaluations": {}}
-    for experiment in art.experiments:
-        record = run_folder(results_dir, preset, experiment).record
-        inputs["runs"][experiment] = json.loads(record.read_text()).get("fingerprint") if record.is_file() else None
+    for experiment, seed in _runs(art, seeds):
+        name = run_name(experiment, seed)
+        record = run_folder(results_dir, preset, experiment, seed).record
+        inputs["runs"][name] = json.loads(record.read_text()).get("fingerprint") if record.is_file() else None
         if "eval" in art.needs:
-            for summary in sorted((Path(results_dir) / preset / "eval" / experiment).glob("*/summary.json")):
+            for summary in sorted((Path(results_dir) / preset / "eval" / name).glob("*/summary.json")):
                 data = json.loads(summary.read_text())
-                inputs["evaluations"][f"{experiment}/{summary.parent.name}"] = {
+                inputs["evaluations"][f"{name}/{summary.parent.name}"] = {
                     k: data.get(k) for k in ("model_sha256", "scorer", "cons_unanswered", "summary_version")}
     return short(digest_of(inputs))
 
@@ -90,19 +91,45 @@ def _link(path: Path, label: str, page_dir: Path) -> str:
         f"{html.escape(label)} (missing)"
 
 
-def index_html(results_dir, preset: str, page_dir: Path) -> str:
-    """The page; links are relative to ``page_dir`` (where the page is written)."""
+def _runs(art, seeds=()) -> list[tuple[str, object]]:
+    """(experiment, seed) of every run behind an artifact: each experiment at each seed, or at the spec's (None)."""
+    return [(e, seed) for e in art.experiments for seed in (list(seeds) or [None])]
+
+
+STUDY_REPORT = "study.md"  # written by the study target (workflow/rules/study.smk)
+
+
+def _study_section(results_dir, preset: str, page_dir: Path) -> list[str]:
+    """A link to the study's report and its text, when `snakemake study` has written it."""
+    path = Path(results_dir) / preset / STUDY_REPORT
+    if not path.is_file():
+        return ["<h2 id='study'>Study</h2><p>No study report yet: <code>snakemake --cores all study</code> trains "
+                "DAPO, GRPO and FIPO at several seeds and writes " + html.escape(str(path)) + ".</p>"]
+    return [f"<h2 id='study'>Study: the paper's claims at this scale, across seeds</h2>"
+            f"<p>{_link(path, STUDY_REPORT, page_dir)}</p><pre style='white-space:pre-wrap;font-size:12px'>"
+            f"{html.escape(path.read_text())}</pre>"]
+
+
+def index_html(results_dir, preset: str, page_dir: Path, seeds=()) -> str:
+    """The page; links are relative to ``page_dir`` (where the page is written). ``seeds``: the pipeline's, whose
+    runs <experiment>@seed<N> are behind every artifact (empty: each experiment's one run)."""
     page_dir = Path(page_dir)
     artifacts = catalog.artifacts_for(preset)
     # each run's settings and log once, however many artifacts compare it (a 32B log is ~10^5 rows)
-    rows = {e: run_settings(preset, e) | _run_status(results_dir, preset, e)
-            for e in dict.fromkeys(e for art in artifacts for e in art.experiments)}
+    rows = {run_name(e, seed): run_settings(preset, e) | {"seed": "spec's" if seed is None else str(seed)}
+            | _run_status(results_dir, preset, e, seed)
+            for e, seed in dict.fromkeys(run for art in artifacts for run in _runs(art, seeds))}
     parts = [f"<h1>FIPO Workbench: preset {html.escape(preset)}</h1>",
              f"<p>{html.escape(preset_info(preset)['description'])}</p>",
-             "<h3>Evaluation settings</h3>", _key_value_table(asdict(evaluation(preset)))]
+             f"<p>Training seeds: {html.escape(', '.join(map(str, seeds)) or 'the spec’s (trainer.seed), one run per experiment')}."
+             + (" Figures draw the across-seed mean, its 95 % t band and one thin line per seed; accuracy tables "
+                "give the across-seed t interval beside the interval over problems." if len(seeds) > 1 else "")
+             + "</p>",
+             "<h3>Evaluation settings</h3>", _key_value_table(asdict(evaluation(preset))),
+             *_study_section(results_dir, preset, page_dir)]
     for art in artifacts:
         parts.append(f"<h2 id='{art.id}'>{art.id}: {html.escape(art.heading(preset))}</h2>")
-        parts.append(f"<p><small>inputs fingerprint {artifact_fingerprint(results_dir, preset, art)} (notebook, "
+        parts.append(f"<p><small>inputs fingerprint {artifact_fingerprint(results_dir, preset, art, seeds)} (notebook, "
                      f"runs and evaluated models; the runs behind it and their fingerprints are in the table "
                      f"below)</small></p>")
         files = catalog.outputs(results_dir, preset, art)
@@ -115,7 +142,8 @@ def index_html(results_dir, preset: str, page_dir: Path) -> str:
             parts.append(pd.read_csv(files[0]).to_html(index=False, na_rep="–", border=0))
         if art.experiments:
             parts.append(f"<p><small>{html.escape(art.paper_note)}</small></p>")
-            parts.append(pd.DataFrame({e: rows[e] for e in art.experiments}).T.to_html(border=0))
+            parts.append(pd.DataFrame({run_name(e, seed): rows[run_name(e, seed)]
+                                       for e, seed in _runs(art, seeds)}).T.to_html(border=0))
             parts.append(_all_settings(preset, art.experiments))
     style = "body{font-family:sans-serif;max-width:1100px;margin:auto} table{border-collapse:collapse;font-size:12px} td,th{padding:2px 8px}"
     return f"<!doctype html><html><head><meta charset='utf-8'><title>FIPO Workbench: {html.escape(preset)}</title>" \

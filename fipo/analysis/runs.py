@@ -1,7 +1,10 @@
-"""Runs as tidy frames: one row per (run, step, metric) with columns run, preset, experiment, step, metric, value.
+"""Runs as tidy frames: one row per (run, step, metric) with columns run, preset, experiment, seed, step, metric,
+value.
 
-A run lives in ``<results>/<preset>/runs/<experiment>/`` (see :class:`fipo.run_folder.RunFolder`); its
-``metrics.jsonl`` is verl's ``file`` logger output, merged across resumes by :mod:`fipo.run_folder`.
+A run lives in ``<results>/<preset>/runs/<experiment>/`` at the spec's seed (``seed`` <NA>), or in
+``runs/<experiment>@seed<N>/`` at training seed N (the pipeline's ``seeds``; see :class:`fipo.run_folder.RunFolder`);
+its ``metrics.jsonl`` is verl's ``file`` logger output, merged across resumes by :mod:`fipo.run_folder`. The
+``run`` column is ``<preset>/<run name>``.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ import pandas as pd
 
 from fipo.analysis.errors import AnalysisError, MalformedLogError, MissingMetricError, MissingRunError
 from fipo.files import MalformedLineError
-from fipo.run_folder import read_steps, run_folder
+from fipo.run_folder import read_steps, run_folder, run_name
 
-COLUMNS = ["run", "preset", "experiment", "step", "metric", "value"]
+COLUMNS = ["run", "preset", "experiment", "seed", "step", "metric", "value"]
 
 
 class NonFiniteMetricError(MissingMetricError):
@@ -31,11 +34,11 @@ class NonFiniteMetricError(MissingMetricError):
                                      f"at steps {shown}")
 
 
-def load_metrics(path, preset: str = "", experiment: str = "") -> pd.DataFrame:
+def load_metrics(path, preset: str = "", experiment: str = "", seed: Optional[int] = None) -> pd.DataFrame:
     """The tidy frame of one metrics JSONL. Non-numeric values (verl logs a few dicts) are left out; NaN and
     ±inf are kept as NaN rows, so a plot breaks its line at the gap instead of drawing across it."""
     path = Path(path)
-    run = f"{preset}/{experiment}" if preset or experiment else path.parent.name
+    run = f"{preset}/{run_name(experiment, seed)}" if preset or experiment else path.parent.name
     if not path.is_file():
         raise MissingRunError(run, path.resolve(), _why_missing(path, preset))
     try:
@@ -43,14 +46,14 @@ def load_metrics(path, preset: str = "", experiment: str = "") -> pd.DataFrame:
     except MalformedLineError as err:
         raise MalformedLogError(path, err.line, err.reason) from None
     rows = [
-        (run, preset, experiment, step, metric, float(value) if math.isfinite(value) else math.nan)
+        (run, preset, experiment, seed, step, metric, float(value) if math.isfinite(value) else math.nan)
         for step, data in steps.items()
         for metric, value in data.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     ]
     if not rows:
         raise MalformedLogError(path, 0, "no numeric metrics in the file")
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame = pd.DataFrame(rows, columns=COLUMNS).astype({"seed": "Int64"})
     return frame.sort_values(["metric", "step"], kind="stable").reset_index(drop=True)
 
 
@@ -66,10 +69,33 @@ def _why_missing(path: Path, preset: str) -> str:
             "(the notebooks resolve a relative one with fipo.analysis.locate.results_dir)")
 
 
-def load_runs(results_dir, preset: str, experiments: Iterable[str]) -> pd.DataFrame:
-    """The tidy frame of several runs of one preset; a missing run raises :class:`MissingRunError`."""
-    frames = [load_metrics(run_folder(results_dir, preset, e).metrics, preset, e) for e in experiments]
+def parse_seeds(seeds) -> list[int]:
+    """The notebooks' ``seeds`` parameter: a list of distinct non-negative integers, or the pipeline's raw string
+    "1,2,3"; empty ("" or []): the spec's seed. Anything else is an error naming the parameter."""
+    if isinstance(seeds, str):
+        parts = [p.strip() for p in seeds.split(",") if p.strip()]
+        if not all(p.isdigit() for p in parts):
+            raise AnalysisError(f"seeds={seeds!r}: expected distinct non-negative integers, e.g. '1,2,3'")
+        seeds = [int(p) for p in parts]
+    seeds = list(seeds or [])
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise AnalysisError(f"seeds={seeds!r}: expected distinct non-negative integers")
+    return seeds
+
+
+def load_runs(results_dir, preset: str, experiments: Iterable[str], seeds: Sequence[int] = ()) -> pd.DataFrame:
+    """The tidy frame of several runs of one preset: each experiment at each of ``seeds`` (its runs
+    <experiment>@seed<N>), or at the spec's seed when ``seeds`` is empty; a missing run raises
+    :class:`MissingRunError`."""
+    frames = [load_metrics(run_folder(results_dir, preset, e, seed).metrics, preset, e, seed)
+              for e in experiments for seed in (list(seeds) or [None])]
     return pd.concat(frames, ignore_index=True)
+
+
+def experiment_runs(frame: pd.DataFrame, experiment: str) -> dict[Optional[int], str]:
+    """{seed (None: the spec's): run} of one experiment in a frame of :func:`load_runs`."""
+    rows = frame.loc[frame["experiment"] == experiment, ["seed", "run"]].drop_duplicates("run")
+    return {None if pd.isna(seed) else int(seed): run for seed, run in rows.itertuples(index=False)}
 
 
 def run_names(frame: pd.DataFrame) -> list[str]:

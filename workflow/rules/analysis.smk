@@ -57,6 +57,8 @@ rule index:
     input:
         "notebooks/index.ipynb",
         [f for a in ARTIFACTS for f in artifact_files(a.id)],
+        # the study's report when `snakemake study` made it: a newer one rebuilds the index that links it
+        [STUDY_REPORT] if os.path.isfile(STUDY_REPORT) else [],
     output:
         html=f"{RESULTS}/{PRESET}/index.html",
         notebook=f"{RESULTS}/{PRESET}/notebooks/index.ipynb",
@@ -80,6 +82,9 @@ rule index:
             "-r",
             "out",
             output.html,
+            "-r",
+            "seeds",
+            seeds_parameter(),
         ),
     shell:
         "{params.cmd} > {log:q} 2>&1"
@@ -111,7 +116,7 @@ for _family, _members in ABLATIONS.items():
         name:
             _family
         input:
-            [run_record(e) for e in _members],
+            [run_record(run) for run in runs_of_all(_members)],
             all_eval_summaries(_members),
             [
                 f

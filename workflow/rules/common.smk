@@ -27,7 +27,7 @@ from fipo.experiment import (
     with_seed,
 )
 from fipo.provenance import project_version
-from fipo.run_folder import SEED_MARK, run_name, spec_fingerprint
+from fipo.run_folder import parse_run_name, run_name, spec_fingerprint
 
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 
@@ -123,7 +123,9 @@ TABLES = [a.id for a in ARTIFACTS if a.kind == "table"]
 TRAIN = config.get("train") or {}
 TRAIN_OVERRIDES = list(TRAIN.get("overrides") or [])
 EVAL_N = (config.get("eval") or {}).get("n") or EVAL.n
-# The study target (workflow/rules/study.smk): its experiments at each seed, runs/<experiment>@seed<N>/.
+# The seed dimension: every experiment once per seed (runs/<experiment>@seed<N>/), or once at the spec's seed.
+SEEDS = list(config.get("seeds") or [])
+# The study target (workflow/rules/study.smk): its experiments at each seed, runs/<experiment>@study-seed<N>/.
 STUDY = config.get("study") or {}
 STUDY_EXPERIMENTS = list(STUDY.get("experiments") or [e for e in ("dapo", "grpo", "fipo") if e in SPECS])
 STUDY_SEEDS = list(STUDY.get("seeds") or [1, 2, 3])
@@ -135,8 +137,20 @@ if unknown:
 missing = [e for e in ("fipo", "dapo") if e not in STUDY_EXPERIMENTS]
 if missing:
     _fail(f"study.experiments: {STUDY_EXPERIMENTS} lacks {missing}: the study's claims compare fipo with dapo")
-STUDY_RUNS = [run_name(e, seed) for e in STUDY_EXPERIMENTS for seed in STUDY_SEEDS]
-RUNS = list(SPECS) + STUDY_RUNS  # every run folder a train job may make
+STUDY_REPORT = f"{RESULTS}/{PRESET}/study.md"  # linked from the index once made
+STUDY_RUNS = [run_name(e, seed, study=True) for e in STUDY_EXPERIMENTS for seed in STUDY_SEEDS]
+
+
+def runs_of(experiment):
+    """The pipeline's runs of an experiment: one per seed of ``seeds``, or the spec's own."""
+    return [run_name(experiment, seed) for seed in SEEDS] or [experiment]
+
+
+def runs_of_all(experiments):
+    return [run for e in experiments for run in runs_of(e)]
+
+
+RUNS = list(dict.fromkeys([*SPECS, *runs_of_all(SPECS), *STUDY_RUNS]))  # every run folder a train job may make
 
 
 def one_of(names):
@@ -144,39 +158,44 @@ def one_of(names):
     return "|".join(re.escape(name) for name in names)
 
 
-def run_parts(run):
-    """(experiment, seed) of a run name (fipo.run_folder.run_name): seed None for the spec's own."""
-    experiment, mark, seed = run.rpartition(SEED_MARK)
-    return (experiment, int(seed)) if mark else (run, None)
+def run_arguments(run):
+    """The `--experiment E [--seed N [--study]]` of the fipo commands that find this run's folder."""
+    experiment, seed, study = parse_run_name(run)
+    return [
+        "--experiment",
+        experiment,
+        *(["--seed", str(seed)] if seed is not None else []),
+        *(["--study"] if study else []),
+    ]
 
 
 def run_spec(wildcards):
     """The experiment a train job's run belongs to (the spec at its own seed: resources do not depend on it)."""
-    return SPECS[run_parts(wildcards.run)[0]]
+    return SPECS[parse_run_name(wildcards.run)[0]]
 
 
 def run_overrides(run):
     """The user's overrides of every run, then the study's for a study run."""
-    return TRAIN_OVERRIDES + (STUDY_OVERRIDES if run_parts(run)[1] is not None else [])
+    return TRAIN_OVERRIDES + (STUDY_OVERRIDES if parse_run_name(run)[2] else [])
 
 
 def run_fingerprint(wildcards):
     """What the spec says about a run (fipo.run_folder.spec_fingerprint): a train job whose spec changed reruns
     (Snakemake's params trigger), and `fipo train` moves the old run aside instead of resuming it."""
-    experiment, seed = run_parts(wildcards.run)
-    return spec_fingerprint(with_seed(SPECS[experiment], seed), run_overrides(wildcards.run), VERSION)
+    experiment, seed, study = parse_run_name(wildcards.run)
+    return spec_fingerprint(with_seed(SPECS[experiment], seed, study), run_overrides(wildcards.run), VERSION)
 
 
 # ------------------------------------------------------------------------------------ file names
 
 
-def run_dir(experiment):
-    return f"{RESULTS}/{PRESET}/runs/{experiment}"
+def run_dir(run):
+    return f"{RESULTS}/{PRESET}/runs/{run}"
 
 
-def run_record(experiment):
+def run_record(run):
     """Written by `fipo train --record` only after verl exits 0: the run is complete."""
-    return f"{run_dir(experiment)}/run.json"
+    return f"{run_dir(run)}/run.json"
 
 
 def dataset_files(names):
@@ -189,7 +208,7 @@ def train_inputs(wildcards):
     if "${results_dir}" in spec.model.path:  # a model the pipeline makes (tiny)
         inputs.append(f"{RESULTS}/tiny/base_model/tiny_model.json")
     if spec.trainer.device == "cuda":
-        inputs.append(doctor_marker(f"train/{run_parts(wildcards.run)[0]}"))  # a seed needs no other machine
+        inputs.append(doctor_marker(f"train/{parse_run_name(wildcards.run)[0]}"))  # a seed needs no other machine
     return inputs
 
 
@@ -204,12 +223,13 @@ def eval_doctor(job):
     return [doctor_marker(job)] if EVAL.backend == "vllm" else []
 
 
-def eval_summary(experiment, benchmark):
-    return f"{RESULTS}/{PRESET}/eval/{experiment}/{benchmark}/summary.json"
+def eval_summary(run, benchmark):
+    return f"{RESULTS}/{PRESET}/eval/{run}/{benchmark}/summary.json"
 
 
 def all_eval_summaries(experiments=None):
-    return [eval_summary(e, b) for e in experiments or EXPERIMENTS for b in EVAL.benchmarks]
+    """The evaluations of every run (each seed's) of these experiments (default: the selected ones)."""
+    return [eval_summary(run, b) for run in runs_of_all(experiments or EXPERIMENTS) for b in EVAL.benchmarks]
 
 
 def artifact_files(artifact_id):
@@ -221,9 +241,9 @@ def artifact_inputs(wildcards):
     """What an artifact's notebook reads: the runs it compares, their length statistics, their evaluations."""
     art = catalog.ARTIFACTS[wildcards.artifact]
     inputs = [str(catalog.notebook_path(art.id))]
-    inputs += [run_record(e) for e in art.experiments]
+    inputs += [run_record(run) for run in runs_of_all(art.experiments)]
     if "lengths" in art.needs:
-        inputs += [f"{run_dir(e)}/length_stats.csv" for e in art.experiments]
+        inputs += [f"{run_dir(run)}/length_stats.csv" for run in runs_of_all(art.experiments)]
     if "eval" in art.needs:
         inputs += all_eval_summaries(art.experiments)
     return inputs
@@ -262,13 +282,10 @@ def cli(*parts):
 
 
 def train_params(wildcards):
-    experiment, seed = run_parts(wildcards.run)
     parts = [
         "--preset",
         PRESET,
-        "--experiment",
-        experiment,
-        *(["--seed", str(seed)] if seed is not None else []),
+        *run_arguments(wildcards.run),
         "--results-dir",
         RESULTS,
         "--data-dir",
@@ -349,7 +366,15 @@ def papermill(wildcards, input, output):
         "-r",
         "out_dir",
         out_dir,
+        "-r",
+        "seeds",
+        seeds_parameter(),
     )
+
+
+def seeds_parameter():
+    """The notebooks' `seeds` parameter: "1,2,3", or "" for the spec's seed (papermill's raw strings)."""
+    return ",".join(map(str, SEEDS))
 
 
 # ------------------------------------------------------------------------------------ doctor, released model

@@ -4,15 +4,15 @@
 
 rule evaluate:
     input:
-        f"{RESULTS}/{{preset}}/runs/{{experiment}}/hf/selected",
+        f"{RESULTS}/{{preset}}/runs/{{run}}/hf/selected",
         lambda wildcards: dataset_files([wildcards.benchmark]),
-        lambda wildcards: eval_doctor(f"eval/{wildcards.experiment}/{wildcards.benchmark}"),
+        lambda wildcards: eval_doctor(f"eval/{parse_run_name(wildcards.run)[0]}/{wildcards.benchmark}"),
     output:
-        f"{RESULTS}/{{preset}}/eval/{{experiment}}/{{benchmark}}/summary.json",
+        f"{RESULTS}/{{preset}}/eval/{{run}}/{{benchmark}}/summary.json",
     log:
-        f"{RESULTS}/logs/{{preset}}/eval/{{experiment}}-{{benchmark}}.log",
+        f"{RESULTS}/logs/{{preset}}/eval/{{run}}-{{benchmark}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/{{preset}}/eval/{{experiment}}-{{benchmark}}.tsv"
+        f"{RESULTS}/benchmarks/{{preset}}/eval/{{run}}-{{benchmark}}.tsv"
     conda:
         conda_env
     threads: lambda wildcards: 1 if EVAL.backend == "vllm" else workflow.cores

@@ -1,5 +1,5 @@
 # The laptop-scale study (issue 13): the study's experiments at each of its seeds (train jobs of runs
-# <experiment>@seed<N>, trained with study.overrides: longer than the figures' runs), then `fipo study-report`:
+# <experiment>@study-seed<N>, trained with study.overrides: longer than the figures' runs), then `fipo study-report`:
 # the paper's claims, each with its across-seed interval, paired test and verdict. `snakemake --cores all study`.
 
 
@@ -7,7 +7,7 @@ rule study:
     input:
         [run_record(run) for run in STUDY_RUNS],
     output:
-        f"{RESULTS}/{PRESET}/study.md",
+        STUDY_REPORT,
     log:
         f"{RESULTS}/logs/{PRESET}/study.log",
     conda:

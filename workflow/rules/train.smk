@@ -5,7 +5,8 @@
 
 
 rule train:
-    # {run}: an experiment (at its spec's seed), or <experiment>@seed<N> of the study (workflow/rules/study.smk)
+    # {run}: an experiment (at its spec's seed), <experiment>@seed<N> (config `seeds`), or <experiment>@study-seed<N>
+    # of the study (workflow/rules/study.smk)
     input:
         train_inputs,
     output:
@@ -35,11 +36,11 @@ rule train:
 rule lengths:
     # per-step response-length quantiles from verl's rollout dumps (Figures 3 and 8)
     input:
-        f"{RESULTS}/{{preset}}/runs/{{experiment}}/run.json",
+        f"{RESULTS}/{{preset}}/runs/{{run}}/run.json",
     output:
-        f"{RESULTS}/{{preset}}/runs/{{experiment}}/length_stats.csv",
+        f"{RESULTS}/{{preset}}/runs/{{run}}/length_stats.csv",
     log:
-        f"{RESULTS}/logs/{{preset}}/lengths/{{experiment}}.log",
+        f"{RESULTS}/logs/{{preset}}/lengths/{{run}}.log",
     conda:
         conda_env
     params:
@@ -47,8 +48,7 @@ rule lengths:
             "lengths",
             "--preset",
             PRESET,
-            "--experiment",
-            wildcards.experiment,
+            *run_arguments(wildcards.run),
             "--results-dir",
             RESULTS,
             "--out",
@@ -61,11 +61,11 @@ rule lengths:
 rule convert:
     # the checkpoint the preset's evaluation names (last, or best by validation) as a Hugging Face folder
     input:
-        f"{RESULTS}/{{preset}}/runs/{{experiment}}/run.json",
+        f"{RESULTS}/{{preset}}/runs/{{run}}/run.json",
     output:
-        directory(f"{RESULTS}/{{preset}}/runs/{{experiment}}/hf/selected"),
+        directory(f"{RESULTS}/{{preset}}/runs/{{run}}/hf/selected"),
     log:
-        f"{RESULTS}/logs/{{preset}}/convert/{{experiment}}.log",
+        f"{RESULTS}/logs/{{preset}}/convert/{{run}}.log",
     conda:
         conda_env
     params:
@@ -73,8 +73,7 @@ rule convert:
             "convert",
             "--preset",
             PRESET,
-            "--experiment",
-            wildcards.experiment,
+            *run_arguments(wildcards.run),
             "--which",
             EVAL.checkpoint,
             "--results-dir",
