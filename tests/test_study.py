@@ -1,8 +1,10 @@
 """The study's per-run measures and claim table (fipo.analysis.study) on synthetic metrics frames."""
 
+import dataclasses
 import math
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,8 +18,8 @@ LENGTH = "response_length/mean"
 
 def _frame(run, lengths, accuracy):
     """lengths: {step: mean length} (steps >= 1); accuracy: {step: validation accuracy}."""
-    rows = [(run, "tiny", run, s, LENGTH, v) for s, v in lengths.items()]
-    rows += [(run, "tiny", run, s, VAL, v) for s, v in accuracy.items()]
+    rows = [(run, "tiny", run, None, s, LENGTH, v) for s, v in lengths.items()]
+    rows += [(run, "tiny", run, None, s, VAL, v) for s, v in accuracy.items()]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -53,23 +55,48 @@ def test_run_measures_edge_cases():
         study.run_measures(_frame("r", {}, {0: 0.5}), "r")
 
 
-def _measures(growth, accuracy, r=0.5):
+def _measures(growth, accuracy, r=0.5, f=(None, None)):
     return study.RunMeasures(length_start=10.0, length_end=10.0 + growth, final_accuracy=accuracy, final_step=30,
-                             length_accuracy_r=r)
+                             length_accuracy_r=r, f_positive=f[0], f_negative=f[1])
 
 
 def test_claims_pair_the_seeds_and_give_verdicts():
     measures = {
-        "fipo": {1: _measures(12.0, 0.80, 0.9), 2: _measures(13.0, 0.70, 0.8), 3: _measures(11.0, 0.75, 0.95)},
+        "fipo": {1: _measures(12.0, 0.80, 0.9, (1.02, 0.99)), 2: _measures(13.0, 0.70, 0.8, (1.01, 1.02)),
+                 3: _measures(11.0, 0.75, 0.95, (1.03, 0.98))},
         "dapo": {1: _measures(2.0, 0.78), 2: _measures(3.0, 0.74), 3: _measures(2.5, 0.73)},
     }
-    length, accuracy, rises = study.compare_claims(measures)
+    length, accuracy, rises, weights = study.compare_claims(measures)
     assert length.verdict == "reproduced" and length.effect.mean == pytest.approx((10 + 10 + 8.5) / 3)
     assert length.comparison.differences == pytest.approx({1: 10.0, 2: 10.0, 3: 8.5})
     assert accuracy.verdict == "inconclusive" and accuracy.effect.low < 0 < accuracy.effect.high
     assert rises.verdict == "reproduced" and "one-sample t test over 3 seeds" in rises.test
-    table = study.format_markdown([length, accuracy, rises], seeds=3)
-    assert table.count("\n") == 4 and "over 3 seeds" in table and "| reproduced |" in table
+    assert weights.comparison.differences == pytest.approx({1: 0.03, 2: -0.01, 3: 0.05})
+    assert weights.verdict == "inconclusive" and "one-sample t test over 3 seeds" in weights.test
+    table = study.format_markdown([length, accuracy, rises, weights], seeds=3)
+    assert table.count("\n") == 5 and "over 3 seeds" in table and "| reproduced |" in table
+    # no FIPO run with token dumps: the weight claim says so
+    measures["fipo"] = {s: dataclasses.replace(m, f_positive=None) for s, m in measures["fipo"].items()}
+    assert "no fipo run has token dumps" in study.compare_claims(measures)[3].test
+
+
+def test_influence_weights_by_the_sign_of_the_advantage_against_a_direct_mean():
+    rng = np.random.default_rng()
+    rows, by_sign = [], {1: [], -1: []}
+    for _ in range(rng.integers(5, 30)):
+        n = int(rng.integers(0, 12))  # length 0: a response without tokens counts for neither sign
+        advantage = float(rng.choice([-1.0, 0.0, 1.0]) * rng.uniform(0.1, 2))
+        f = rng.uniform(0.8, 1.2, n)
+        rows.append({"advantage": np.full(n, advantage), "influence_weight": f})
+        if n and advantage:
+            by_sign[1 if advantage > 0 else -1].extend(f)
+    positive, negative = study.influence_by_advantage(pd.DataFrame(rows))
+    for got, want in ((positive, by_sign[1]), (negative, by_sign[-1])):
+        assert (got is None) == (not want)
+        if want:
+            assert got == pytest.approx(np.mean(np.asarray(want, dtype=np.float64)), rel=1e-12)
+    assert study.influence_by_advantage(pd.DataFrame({"advantage": [np.ones(3)], "influence_weight": [np.ones(3)]})) \
+        == (1.0, None)
 
 
 def test_one_seed_study_says_it_has_no_statistics():
@@ -131,19 +158,19 @@ def test_study_report_command(tmp_path, capsys):
     assert "expected EXPERIMENT:SEED=RUN_DIR" in capsys.readouterr().err
 
 
-def test_study_report_finds_the_runs_of_fipo_train_seed(tmp_path, capsys):
+def test_study_report_finds_the_runs_of_fipo_train_seed_study(tmp_path, capsys):
     from fipo.cli import main
 
     for method in ("fipo", "dapo"):
         for seed in (1, 2):
-            _write_run(tmp_path / "tiny" / "runs" / f"{method}@seed{seed}", {s: 10.0 + s * seed for s in range(1, 12)},
+            _write_run(tmp_path / "tiny" / "runs" / f"{method}@study-seed{seed}", {s: 10.0 + s * seed for s in range(1, 12)},
                        {0: 0.5, 5: 0.6, 11: 0.7})
     out = tmp_path / "study.md"
     common = ["--results-dir", str(tmp_path), "--out", str(out)]
     assert main(["study-report", "--seeds", "1", "2", "--experiments", "fipo", "dapo", *common]) == 0
     assert "2 methods (fipo, dapo) x 2 seeds (1, 2)" in out.read_text()
     assert main(["study-report", "--seeds", "1", "3", "--experiments", "fipo", "dapo", *common]) == 2
-    assert "fipo@seed3" in capsys.readouterr().err  # the missing run, by name
+    assert "fipo@study-seed3/metrics.jsonl not found" in capsys.readouterr().err  # the missing run, by name
     assert main(["study-report", "--seeds", "1", "1", *common]) == 2
     assert "--seeds: must be distinct" in capsys.readouterr().err
     assert main(["study-report", *common]) == 2

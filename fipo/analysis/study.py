@@ -12,6 +12,13 @@ Each claim of the paper becomes a per-run measure and a comparison:
   the validation accuracy and the mean response length of the training batch at that step (step 0's
   validation, before training, is paired with step 1's batch: both come from the base model); FIPO's runs, the
   across-seed mean against 0.
+* *the influence weights act as the paper's Eq. 3–7 say*: PAPER.md states no claim about f in words, so the study
+  tests the mechanism the equations imply. Within a step's PPO mini-batch updates, the policy raises the
+  log-probabilities of positive-advantage responses and lowers those of negative-advantage ones, so their
+  Future-KL, and f = clip(exp(Future-KL)), should be higher on the first than on the second. Per FIPO run, from its
+  per-token dumps (``fipo.dump_every``): the mean f over the tokens of positive-advantage responses minus that over
+  negative-advantage ones; the across-seed mean against 0. With no relation between the update's direction and f,
+  the two means are equal.
 
 The measures read only a run's tidy metrics frame (:func:`fipo.analysis.runs.load_metrics`). The verdict rules
 are :func:`fipo.analysis.across_seeds.verdict`'s: reproduced when the whole across-seed interval lies on the
@@ -20,6 +27,7 @@ paper's side of 0, not reproduced when it lies wholly on the other, inconclusive
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +39,7 @@ from fipo.analysis import derived
 from fipo.analysis.across_seeds import ONE_SEED, PairedComparison, SeedInterval, across_seeds, paired, verdict
 from fipo.analysis.errors import AnalysisError
 from fipo.analysis.runs import load_metrics, require, series, validation_metric
+from fipo.analysis.tokens import load_token_dumps
 
 LENGTH_WINDOW = 5  # training steps averaged at each end of a run for its length growth
 
@@ -42,6 +51,15 @@ class RunMeasures:
     final_accuracy: float  # validation Avg@N at the last validation
     final_step: int  # the step of that validation
     length_accuracy_r: float | None  # Pearson r over validation steps (None: fewer than 3, or a constant)
+    # mean f over the dumped tokens of positive- and of negative-advantage responses (None: no token dumps)
+    f_positive: float | None = None
+    f_negative: float | None = None
+
+    @property
+    def influence_gap(self) -> float | None:
+        if self.f_positive is None or self.f_negative is None:
+            return None
+        return self.f_positive - self.f_negative
 
     @property
     def length_growth(self) -> float:
@@ -115,12 +133,24 @@ def compare_claims(measures: Mapping[str, Mapping[int, RunMeasures]], method: st
         results.append(ClaimResult(claim, label, SeedInterval(math.nan, None, None, ()), "no run has 3 validations "
                                    "with a varying accuracy and length", "inconclusive"))
     else:
-        zero = {s: 0.0 for s in rs}
-        comparison = paired(rs, zero, names=(method, "0"))
-        results.append(ClaimResult(claim, f"{label} (against 0)", comparison.interval,
-                                   comparison.describe_test().replace("paired t test", "one-sample t test"),
-                                   verdict(comparison), comparison))
+        results.append(_against_zero(claim, f"{label} (against 0)", rs, method))
+    gaps = {s: m.influence_gap for s, m in measures[method].items() if m.influence_gap is not None}
+    claim = f"{method.upper()}'s influence weights are higher on positive- than on negative-advantage responses"
+    label = "mean f over tokens of responses with A > 0 minus A < 0 (per-token dumps)"
+    if not gaps:
+        results.append(ClaimResult(claim, label, SeedInterval(math.nan, None, None, ()), f"no {method} run has token "
+                                   "dumps of both signs (fipo.dump_every)", "inconclusive"))
+    else:
+        results.append(_against_zero(claim, f"{label} (against 0)", gaps, method))
     return results
+
+
+def _against_zero(claim: str, label: str, values: Mapping[int, float], method: str) -> ClaimResult:
+    """A per-seed quantity of one method tested against 0 (a one-sample t test across seeds)."""
+    comparison = paired(values, {s: 0.0 for s in values}, names=(method, "0"))
+    return ClaimResult(claim, label, comparison.interval,
+                       comparison.describe_test().replace("paired t test", "one-sample t test"),
+                       verdict(comparison), comparison)
 
 
 def format_markdown(results: list[ClaimResult], seeds: int) -> str:
@@ -135,12 +165,31 @@ def format_markdown(results: list[ClaimResult], seeds: int) -> str:
     return "\n".join(lines)
 
 
+def influence_by_advantage(dumps: pd.DataFrame) -> tuple[float | None, float | None]:
+    """(mean f over the tokens of positive-advantage responses, the same for negative ones) of a run's token dumps
+    (:func:`fipo.analysis.tokens.load_token_dumps`); None for a sign no dumped response has. A response's advantage
+    is one number broadcast to its tokens (GRPO/DAPO): its sign is its first token's."""
+    weights = {1: [], -1: []}
+    for advantage, f in zip(dumps["advantage"], dumps["influence_weight"]):
+        if len(f) and advantage[0] != 0:
+            weights[1 if advantage[0] > 0 else -1].append(f)
+    means = []
+    for sign in (1, -1):
+        tokens = [x for f in weights[sign] for x in f]
+        means.append(math.fsum(tokens) / len(tokens) if tokens else None)
+    return means[0], means[1]
+
+
 def measure_run_folder(folder, experiment: str, seed: int, window: int = LENGTH_WINDOW) -> RunMeasures:
-    """:func:`run_measures` of the run in ``folder`` (its metrics.jsonl), named ``experiment@seed`` in errors."""
-    name = f"{experiment}@seed{seed}"
-    frame = load_metrics(Path(folder) / "metrics.jsonl", experiment=name)
-    frame["run"] = name
-    return run_measures(frame, name, window)
+    """:func:`run_measures` of the run in ``folder`` (its metrics.jsonl), named by the folder in errors, and, for a
+    run with per-token dumps (FIPO's), its influence weights by the sign of the advantage."""
+    name = Path(folder).name
+    frame = load_metrics(Path(folder) / "metrics.jsonl")  # its run: the folder's name
+    measures = run_measures(frame, name, window)
+    if not list(Path(folder).glob("token_dump*.jsonl")):
+        return measures
+    positive, negative = influence_by_advantage(load_token_dumps(Path(folder)))
+    return dataclasses.replace(measures, f_positive=positive, f_negative=negative)
 
 
 def render_report(measures: Mapping[str, Mapping[int, RunMeasures]], window: int = LENGTH_WINDOW,
@@ -154,12 +203,15 @@ def render_report(measures: Mapping[str, Mapping[int, RunMeasures]], window: int
              f"Length growth: mean response length over the last {window} training steps minus step 1's (the base "
              "model's batch).",
              "", "## Runs", "",
-             "| method | seed | mean length, step 1 | last steps | growth | final validation Avg@N (step) |",
-             "|---|---|---|---|---|---|"]
+             "| method | seed | mean length, step 1 | last steps | growth | final validation Avg@N (step) "
+             "| mean f, A > 0 / A < 0 |",
+             "|---|---|---|---|---|---|---|"]
     for name, by_seed in measures.items():
         for seed, m in sorted(by_seed.items()):
+            weights = " / ".join("–" if f is None else f"{f:.4f}" for f in (m.f_positive, m.f_negative))
             lines.append(f"| {name} | {seed} | {m.length_start:.1f} | {m.length_end:.1f} | "
-                         f"{m.length_growth:+.1f} ({m.relative_length_growth:+.0%}) | {m.final_accuracy:.3f} ({m.final_step}) |")
+                         f"{m.length_growth:+.1f} ({m.relative_length_growth:+.0%}) | {m.final_accuracy:.3f} ({m.final_step}) "
+                         f"| {weights} |")
     growth = {name: across_seeds({s: m.relative_length_growth for s, m in by_seed.items()}, what=name)
               for name, by_seed in measures.items()}
     lines += ["", "Relative length growth, across-seed mean: " +
@@ -171,5 +223,11 @@ def render_report(measures: Mapping[str, Mapping[int, RunMeasures]], window: int
               "the methods seed by seed (same data order and sampling seeds). Reproduced: the whole interval lies "
               "on the paper's side of 0; not reproduced: wholly on the other side; otherwise inconclusive. "
               "Validation Avg@N is verl's val-core/<source>/acc/mean@N on the validation set; its own sampling "
-              "noise is inside the across-seed spread."]
+              "noise is inside the across-seed spread.",
+              "",
+              "The influence-weight claim is not one the paper states in words; it is what Eq. 3–7 imply. Within a "
+              "step's mini-batch updates the policy raises the probability of positive-advantage responses and lowers "
+              "that of negative ones, so their Future-KL, and f, should be higher on the first. Measured on the "
+              "per-token dumps (fipo.dump_every: a sample of the loss calls; a step's first mini-batch is on-policy, "
+              "where f = 1 for every token) as the mean f over tokens of A > 0 responses minus A < 0 ones."]
     return "\n".join(lines) + "\n"
