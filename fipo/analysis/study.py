@@ -13,10 +13,12 @@ Each claim of the paper becomes a per-run measure and a comparison:
   validation, before training, is paired with step 1's batch: both come from the base model); FIPO's runs, the
   across-seed mean against 0.
 * *the influence weights act as the paper's Eq. 3–7 say*: PAPER.md states no claim about f in words, so the study
-  tests the mechanism the equations imply. Within a step's PPO mini-batch updates, the policy raises the
-  log-probabilities of positive-advantage responses and lowers those of negative-advantage ones, so their
-  Future-KL, and f = clip(exp(Future-KL)), should be higher on the first than on the second. Per FIPO run, from its
-  per-token dumps (``fipo.dump_every``): the mean f over the tokens of positive-advantage responses minus that over
+  tests the mechanism the equations imply. A step's batch is trained mini-batch by mini-batch, one optimizer
+  update each (one PPO epoch); when a mini-batch is scored, the updates of the earlier ones (other responses of the
+  same step) have moved the policy away from the one that sampled it. If those updates generalise, they have made
+  responses like the positive-advantage ones more likely and like the negative ones less, so the Future-KL, and
+  f = clip(exp(Future-KL)), of the first should be higher. Per FIPO run, from its per-token dumps
+  (``fipo.dump_every``): the mean f over the tokens of positive-advantage responses minus that over
   negative-advantage ones; the across-seed mean against 0. With no relation between the update's direction and f,
   the two means are equal.
 
@@ -225,9 +227,11 @@ def render_report(measures: Mapping[str, Mapping[int, RunMeasures]], window: int
               "Validation Avg@N is verl's val-core/<source>/acc/mean@N on the validation set; its own sampling "
               "noise is inside the across-seed spread.",
               "",
-              "The influence-weight claim is not one the paper states in words; it is what Eq. 3–7 imply. Within a "
-              "step's mini-batch updates the policy raises the probability of positive-advantage responses and lowers "
-              "that of negative ones, so their Future-KL, and f, should be higher on the first. Measured on the "
-              "per-token dumps (fipo.dump_every: a sample of the loss calls; a step's first mini-batch is on-policy, "
-              "where f = 1 for every token) as the mean f over tokens of A > 0 responses minus A < 0 ones."]
+              "The influence-weight claim is not one the paper states in words; it is what Eq. 3–7 imply. A step "
+              "is trained mini-batch by mini-batch; when one is scored, the updates of the earlier ones (other "
+              "responses of the step) have moved the policy, and if they generalise, responses like the "
+              "positive-advantage ones have become more likely and like the negative ones less, so their Future-KL, "
+              "and f, should be higher on the first. Measured on the per-token dumps (fipo.dump_every: a sample of "
+              "the loss calls; a step's first mini-batch is on-policy, where f = 1 for every token) as the mean f "
+              "over tokens of A > 0 responses minus A < 0 ones."]
     return "\n".join(lines) + "\n"
