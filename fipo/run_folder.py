@@ -246,7 +246,7 @@ SEED_MARK = "@seed"  # '@' is not allowed in experiment names (fipo.experiment.N
 # The study's runs (workflow/rules/study.smk) train longer than the pipeline's own runs at the same seed, so they
 # are other runs with other folders: <experiment>@study-seed<N>.
 STUDY_MARK = "@study-seed"
-RUN_NAME = re.compile(r"^(?P<experiment>[^@]+)(?:@(?P<study>study-)?seed(?P<seed>[0-9]+))?$")
+RUN_NAME = re.compile(rf"^(?P<experiment>[^@]+)(?:(?P<mark>{re.escape(STUDY_MARK)}|{re.escape(SEED_MARK)})(?P<seed>[0-9]+))?$")
 
 
 def run_name(experiment: str, seed: int | None = None, study: bool = False) -> str:
@@ -265,7 +265,13 @@ def parse_run_name(name: str) -> tuple[str, int | None, bool]:
     if not match:
         raise ValueError(f"{name!r} is not a run name (<experiment>, <experiment>@seed<N> or <experiment>@study-seed<N>)")
     seed = match.group("seed")
-    return match.group("experiment"), None if seed is None else int(seed), bool(match.group("study"))
+    return match.group("experiment"), None if seed is None else int(seed), match.group("mark") == STUDY_MARK
+
+
+def run_seeds(seeds=()) -> list[int | None]:
+    """The seeds of an experiment's runs: each of ``seeds``, or ``[None]`` (its one run, at the spec's seed) when
+    ``seeds`` is empty, as the pipeline's config ``seeds`` and the notebooks' parameter mean it."""
+    return list(seeds) or [None]
 
 
 def run_folder(results_dir, preset: str, experiment: str, seed: int | None = None, study: bool = False) -> RunFolder:

@@ -10,6 +10,7 @@ from pathlib import Path
 from fipo.experiment import list_experiments, preset_info
 
 FIGURE_SUFFIXES = (".png", ".pdf")
+STUDY_REPORT = "study.md"  # <results>/<preset>/study.md: the study target's report (workflow/rules/study.smk)
 TABLE_SUFFIXES = (".csv", ".md", ".tex")
 
 

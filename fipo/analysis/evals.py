@@ -10,7 +10,7 @@ from typing import Iterable, Mapping, Optional
 from fipo.analysis.errors import AnalysisError, MalformedLogError, MissingMetricError, MissingRunError
 from fipo.analysis.across_seeds import across_seeds
 from fipo.eval.metrics import SUMMARY_VERSION, clopper_pearson
-from fipo.run_folder import run_name
+from fipo.run_folder import run_name, run_seeds
 
 # The column titles of the tables: what an interval resamples, in a few words.
 CI_LABEL = "95% CI over problems"
@@ -66,7 +66,7 @@ def rerun_half_width(summary: dict, run: str = "") -> float:
 
 def load_summaries(results_dir, preset: str, experiment: str, benchmark: str, seeds=()) -> dict:
     """{seed: summary} of an experiment's runs at ``seeds`` ({None: summary} of its one run when ``seeds`` is empty)."""
-    return {seed: load_summary(results_dir, preset, experiment, benchmark, seed) for seed in (list(seeds) or [None])}
+    return {seed: load_summary(results_dir, preset, experiment, benchmark, seed) for seed in run_seeds(seeds)}
 
 
 def accuracy_cells(by_seed: Mapping, name: str, benchmark: str, run: str = "", metric_label: str = "",

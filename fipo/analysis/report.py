@@ -15,7 +15,7 @@ from fipo.analysis import catalog
 from fipo.analysis.labels import plain
 from fipo.analysis.locate import project_root
 from fipo.analysis.runs import run_folder
-from fipo.run_folder import read_steps, run_name
+from fipo.run_folder import read_steps, run_name, run_seeds
 from fipo.experiment import evaluation, load_experiment, preset_info
 from fipo.provenance import digest_of, file_digest, short
 
@@ -93,20 +93,17 @@ def _link(path: Path, label: str, page_dir: Path) -> str:
 
 def _runs(art, seeds=()) -> list[tuple[str, object]]:
     """(experiment, seed) of every run behind an artifact: each experiment at each seed, or at the spec's (None)."""
-    return [(e, seed) for e in art.experiments for seed in (list(seeds) or [None])]
-
-
-STUDY_REPORT = "study.md"  # written by the study target (workflow/rules/study.smk)
+    return [(e, seed) for e in art.experiments for seed in run_seeds(seeds)]
 
 
 def _study_section(results_dir, preset: str, page_dir: Path) -> list[str]:
     """A link to the study's report and its text, when `snakemake study` has written it."""
-    path = Path(results_dir) / preset / STUDY_REPORT
+    path = Path(results_dir) / preset / catalog.STUDY_REPORT
     if not path.is_file():
         return ["<h2 id='study'>Study</h2><p>No study report yet: <code>snakemake --cores all study</code> trains "
                 "DAPO, GRPO and FIPO at several seeds and writes " + html.escape(str(path)) + ".</p>"]
     return [f"<h2 id='study'>Study: the paper's claims at this scale, across seeds</h2>"
-            f"<p>{_link(path, STUDY_REPORT, page_dir)}</p><pre style='white-space:pre-wrap;font-size:12px'>"
+            f"<p>{_link(path, catalog.STUDY_REPORT, page_dir)}</p><pre style='white-space:pre-wrap;font-size:12px'>"
             f"{html.escape(path.read_text())}</pre>"]
 
 

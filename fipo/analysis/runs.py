@@ -18,7 +18,7 @@ import pandas as pd
 
 from fipo.analysis.errors import AnalysisError, MalformedLogError, MissingMetricError, MissingRunError
 from fipo.files import MalformedLineError
-from fipo.run_folder import read_steps, run_folder, run_name
+from fipo.run_folder import read_steps, run_folder, run_name, run_seeds
 
 COLUMNS = ["run", "preset", "experiment", "seed", "step", "metric", "value"]
 
@@ -88,7 +88,7 @@ def load_runs(results_dir, preset: str, experiments: Iterable[str], seeds: Seque
     <experiment>@seed<N>), or at the spec's seed when ``seeds`` is empty; a missing run raises
     :class:`MissingRunError`."""
     frames = [load_metrics(run_folder(results_dir, preset, e, seed).metrics, preset, e, seed)
-              for e in experiments for seed in (list(seeds) or [None])]
+              for e in experiments for seed in run_seeds(seeds)]
     return pd.concat(frames, ignore_index=True)
 
 

@@ -39,7 +39,7 @@ import pandas as pd
 
 from fipo.analysis import derived
 from fipo.analysis.across_seeds import ONE_SEED, PairedComparison, SeedInterval, across_seeds, paired, verdict
-from fipo.analysis.errors import AnalysisError
+from fipo.analysis.errors import AnalysisError, MissingRunError
 from fipo.analysis.runs import load_metrics, require, series, validation_metric
 from fipo.analysis.tokens import load_token_dumps
 
@@ -188,9 +188,11 @@ def measure_run_folder(folder, experiment: str, seed: int, window: int = LENGTH_
     name = Path(folder).name
     frame = load_metrics(Path(folder) / "metrics.jsonl")  # its run: the folder's name
     measures = run_measures(frame, name, window)
-    if not list(Path(folder).glob("token_dump*.jsonl")):
+    try:
+        dumps = load_token_dumps(Path(folder))
+    except MissingRunError:  # no per-token dumps (DAPO, GRPO; FIPO with fipo.dump_every 0)
         return measures
-    positive, negative = influence_by_advantage(load_token_dumps(Path(folder)))
+    positive, negative = influence_by_advantage(dumps)
     return dataclasses.replace(measures, f_positive=positive, f_negative=negative)
 
 

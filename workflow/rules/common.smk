@@ -27,7 +27,7 @@ from fipo.experiment import (
     with_seed,
 )
 from fipo.provenance import project_version
-from fipo.run_folder import parse_run_name, run_name, spec_fingerprint
+from fipo.run_folder import parse_run_name, run_name, run_seeds, spec_fingerprint
 
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 
@@ -137,13 +137,13 @@ if unknown:
 missing = [e for e in ("fipo", "dapo") if e not in STUDY_EXPERIMENTS]
 if missing:
     _fail(f"study.experiments: {STUDY_EXPERIMENTS} lacks {missing}: the study's claims compare fipo with dapo")
-STUDY_REPORT = f"{RESULTS}/{PRESET}/study.md"  # linked from the index once made
+STUDY_REPORT = f"{RESULTS}/{PRESET}/{catalog.STUDY_REPORT}"  # linked from the index once made
 STUDY_RUNS = [run_name(e, seed, study=True) for e in STUDY_EXPERIMENTS for seed in STUDY_SEEDS]
 
 
 def runs_of(experiment):
     """The pipeline's runs of an experiment: one per seed of ``seeds``, or the spec's own."""
-    return [run_name(experiment, seed) for seed in SEEDS] or [experiment]
+    return [run_name(experiment, seed) for seed in run_seeds(SEEDS)]
 
 
 def runs_of_all(experiments):
