@@ -24,6 +24,7 @@ rule figure:
     params:
         cmd=papermill,
         caption=artifact_caption,
+        code=artifact_code,
     shell:
         "{params.cmd} > {log:q} 2>&1"
 
@@ -49,6 +50,7 @@ rule table:
     params:
         cmd=papermill,
         caption=artifact_caption,
+        code=artifact_code,
     shell:
         "{params.cmd} > {log:q} 2>&1"
 
@@ -86,6 +88,7 @@ rule index:
             "seeds",
             seeds_parameter(),
         ),
+        code=code_digest("notebooks/index.ipynb"),
     shell:
         "{params.cmd} > {log:q} 2>&1"
 

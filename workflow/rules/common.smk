@@ -26,6 +26,7 @@ from fipo.experiment import (
     released,
     with_seed,
 )
+from fipo.code_digest import code_digest
 from fipo.provenance import project_version
 from fipo.run_folder import parse_run_name, run_name, run_seeds, spec_fingerprint
 
@@ -346,6 +347,12 @@ def artifact_caption(wildcards):
         f"{art.heading(wildcards.preset)}. {art.paper_note[0].upper()}{art.paper_note[1:]}. "
         f"Made by notebooks/{art.id}.ipynb from: {runs}."
     )
+
+
+def artifact_code(wildcards):
+    """The digest of the code that makes an artifact: its notebook and every fipo module it imports
+    (fipo.code_digest). Not used by the command: a changed module reruns the artifact (Snakemake's params trigger)."""
+    return code_digest(str(catalog.notebook_path(wildcards.artifact)))
 
 
 def papermill(wildcards, input, output):

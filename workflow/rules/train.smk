@@ -54,6 +54,8 @@ rule lengths:
             "--out",
             output[0],
         ),
+        # not used by the command: a change to the code that computes the statistics redoes them
+        code=code_digest("fipo.analysis.rollouts"),
     shell:
         "{params.cmd} > {log:q} 2>&1"
 
