@@ -38,6 +38,21 @@ def tiny_world(tmp_path_factory, ray_dir) -> dict[str, Path]:
     return {"root": root, "data": data_dir, "results": results_dir, "model": model, "ray": ray_dir}
 
 
+def pytest_configure(config):
+    """Outside the cluster tests, `scontrol` fails at once. Snakemake's Slurm executor plugin runs `scontrol show
+    config` when it is imported (for a help text), on every snakemake call, when Slurm's client tools are
+    installed; with no controller running (a machine where `make test-cluster` ran before) it waits 9-10 s for
+    one, which was most of the wall time of the ~100 `snakemake -n` calls of the tests. Only the plugin's help
+    text depends on the answer, and the cluster tests (`-m cluster`) keep the real command."""
+    if "cluster" in (config.getoption("markexpr") or "") or shutil.which("sinfo") is None:
+        return
+    shim = Path(tempfile.mkdtemp(prefix="fipo-no-scontrol-"))
+    config.add_cleanup(lambda: shutil.rmtree(shim, ignore_errors=True))
+    (shim / "scontrol").write_text("#!/bin/sh\n# tests/conftest.py: no Slurm controller outside the cluster tests\nexit 1\n")
+    (shim / "scontrol").chmod(0o755)
+    os.environ["PATH"] = f"{shim}{os.pathsep}{os.environ['PATH']}"
+
+
 def pytest_collection_modifyitems(config, items):
     """Cluster tests (a local Slurm cluster and Ray nodes, `make test-cluster`) run only when asked for by a
     marker expression that names them (`-m cluster`); any other selection, `-m 'not slow'` included, leaves
