@@ -6,7 +6,7 @@ verl's INFO lines carry a wall-clock timestamp of the process that wrote them (R
 in bursts, so the time a line arrives says little); lines without one are timed on arrival. Each phase is the
 time from the previous boundary, so the column sums to the total.
 
-    python benchmarks/bench_startup.py [--steps 2] [--results DIR] [--ray-address ADDR]
+    python benchmarks/bench_startup.py [--steps 2] [--results DIR] [--ray-address ADDR] [--override KEY=VALUE]
 
 The last line is machine-readable: SUMMARY startup=<s> (launch to the end of verl's initialisation, "ready to
 fit") steps=<s> total=<s>.
@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=None, help="results folder (default: a temporary one)")
     parser.add_argument("--experiment", default="dapo")
     parser.add_argument("--ray-address", default=None)
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra verl Hydra override for the run (repeatable), to compare settings")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fipo-startup-"))
     results, data = (args.results or root / "results").resolve(), root / "data"
@@ -102,6 +104,8 @@ def main() -> None:
            f"trainer.total_training_steps={args.steps}", "--override", f"trainer.save_freq={args.steps}"]
     if args.ray_address:
         cmd += ["--ray-address", args.ray_address]
+    for override in args.override:
+        cmd += ["--override", override]
     lines, code, start = timed_lines(cmd)
     (root / "train.log").write_text("\n".join(line for _, line in lines) + "\n")
     if code != 0:
