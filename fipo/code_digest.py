@@ -84,15 +84,22 @@ def _parsed(path: Path, mtime_ns: int, size: int) -> tuple[str, ast.AST]:
     return ast.dump(tree), tree
 
 
-def module_closure(start: str | Path, root: Path = PACKAGE_DIR) -> dict[str, Path]:
-    """Every `fipo` module reachable by imports from ``start`` (a module name or a notebook path): name -> file."""
-    if isinstance(start, Path) or str(start).endswith(".ipynb"):
-        path = Path(start)
-        source = notebook_source(path)
-        try:
-            tree = ast.parse(source, filename=str(path))
-        except SyntaxError as e:
-            raise ValueError(f"{path}: a code cell cannot be parsed ({e.msg})") from e
+def _is_notebook(start: str | Path) -> bool:
+    return str(start).endswith(".ipynb")
+
+
+def _notebook_tree(path: Path) -> ast.AST:
+    try:
+        return ast.parse(notebook_source(path), filename=str(path))
+    except SyntaxError as e:
+        raise ValueError(f"{path}: a code cell cannot be parsed ({e.msg})") from e
+
+
+def module_closure(start: str | Path, root: Path = PACKAGE_DIR, notebook: ast.AST | None = None) -> dict[str, Path]:
+    """Every `fipo` module reachable by imports from ``start`` (a module name or a notebook path): name -> file.
+    ``notebook``: the notebook's parsed code, when the caller has it already."""
+    if _is_notebook(start):
+        tree = notebook if notebook is not None else _notebook_tree(Path(start))
         pending = imported_modules(tree, "__notebook__", is_package=False, root=root)
         reached: dict[str, Path] = {}
     else:
@@ -114,9 +121,10 @@ def module_closure(start: str | Path, root: Path = PACKAGE_DIR) -> dict[str, Pat
 def code_digest(start: str | Path, root: Path = PACKAGE_DIR) -> str:
     """sha256 over the syntax trees of every `fipo` module ``start`` reaches (and the notebook's own code cells,
     for a notebook): equal exactly when none of that code changed beyond comments and layout."""
-    h = hashlib.sha256()
-    if str(start).endswith(".ipynb"):
-        h.update(ast.dump(ast.parse(notebook_source(Path(start)))).encode() + b"\n")
-    for name, file in module_closure(start, root).items():
+    h, notebook = hashlib.sha256(), None
+    if _is_notebook(start):
+        notebook = _notebook_tree(Path(start))  # parsed once: hashed here, its imports followed below
+        h.update(ast.dump(notebook).encode() + b"\n")
+    for name, file in module_closure(start, root, notebook).items():
         h.update(name.encode() + b"\0" + _module_tree(file)[0].encode() + b"\n")
     return h.hexdigest()

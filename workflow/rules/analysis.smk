@@ -88,7 +88,7 @@ rule index:
             "seeds",
             seeds_parameter(),
         ),
-        code=code_digest("notebooks/index.ipynb"),
+        code=lambda wildcards: code_digest("notebooks/index.ipynb"),
     shell:
         "{params.cmd} > {log:q} 2>&1"
 

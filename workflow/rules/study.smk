@@ -29,6 +29,6 @@ rule study:
             output[0],
         ),
         # not used by the command: a change to the report's code remakes the report
-        code=code_digest("fipo.analysis.study"),
+        code=lambda wildcards: code_digest("fipo.analysis.study"),
     shell:
         "{params.cmd} > {log:q} 2>&1"

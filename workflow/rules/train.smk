@@ -55,7 +55,7 @@ rule lengths:
             output[0],
         ),
         # not used by the command: a change to the code that computes the statistics redoes them
-        code=code_digest("fipo.analysis.rollouts"),
+        code=lambda wildcards: code_digest("fipo.analysis.rollouts"),
     shell:
         "{params.cmd} > {log:q} 2>&1"
 
