@@ -1,7 +1,7 @@
 """Do tiny verl runs finish sooner one after another or side by side? Both, measured in one invocation.
 
-The pipeline gives a CPU training every core (workflow/rules/train.smk), so Snakemake runs the tiny trainings one
-at a time. A tiny run keeps 2 cores busy only part of the time (Snakemake's benchmark of a
+It is the measurement behind the pipeline's default of two CPU trainings at once on 2 cores (config
+train.cpu_side_by_side, fipo/scheduling.py). A tiny run keeps 2 cores busy only part of the time (Snakemake's benchmark of a
 default tiny training: 118 s of CPU time in 87 s of wall time; its start-up is a chain of Ray actors that each import
 verl), so two side by side may finish sooner than two in a row. This benchmark trains the same experiments both
 ways, each run in a fresh results folder with the same tiny data and base model (made first, outside the

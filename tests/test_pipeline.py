@@ -119,6 +119,29 @@ def test_gpu_rules_declare_their_resources(tmp_path):
     assert re.search(r"mem_mb=50000\b", train) and re.search(r"cpus_per_task=4\b", train)
 
 
+def train_threads(out) -> set[int]:
+    blocks = [b for b in out.stdout.split("\n\n") if "rule train:" in b]
+    assert blocks, out.stdout[-3000:]
+    return {int(m.group(1)) if (m := re.search(r"^\s*threads: (\d+)$", b, re.M)) else 1 for b in blocks}
+
+
+def test_cpu_trainings_share_the_cores_as_configured(tmp_path):
+    """train.cpu_side_by_side = N gives each CPU training cores / N threads, so that Snakemake runs N at once;
+    the default takes two where the machine has the cores and the memory (fipo/scheduling.py)."""
+    from fipo.scheduling import cpu_training_threads, machine_memory_mb
+
+    for setting, threads in [(1, 4), (2, 2), (4, 1), (8, 1)]:
+        out = snakemake("-n", "--cores", "4", results=tmp_path, config=[f"train={{cpu_side_by_side: {setting}}}"])
+        assert out.returncode == 0, out.stdout[-3000:]
+        assert train_threads(out) == {threads}, (setting, out.stdout[-3000:])
+    out = snakemake("-n", "--cores", "2", results=tmp_path)
+    assert train_threads(out) == {cpu_training_threads(None, 2, machine_memory_mb())}
+    for bad in ["0", "two"]:
+        out = snakemake("-n", results=tmp_path / "r", config=[f"train={{cpu_side_by_side: {bad}}}"])
+        assert out.returncode != 0 and "cpu_side_by_side" in out.stderr, out.stderr[-3000:]
+        assert not (tmp_path / "r").exists()
+
+
 def test_multi_node_runs_join_an_existing_ray_cluster(tmp_path):
     out = snakemake("-n", "-p", "ablation_maxlen", results=tmp_path,
                     config=["preset=qwen2.5-32b", 'train={ray_address: "10.0.0.1:6379"}'])

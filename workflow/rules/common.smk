@@ -29,6 +29,7 @@ from fipo.experiment import (
 from fipo.code_digest import code_digest
 from fipo.provenance import project_version
 from fipo.run_folder import parse_run_name, run_name, run_seeds, spec_fingerprint
+from fipo.scheduling import CPU_TRAINING_MEM_MB, cpu_training_threads, machine_memory_mb
 
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 
@@ -254,10 +255,18 @@ def index_html():
     return f"{RESULTS}/{PRESET}/index.html"
 
 
+def train_threads(wildcards):
+    """A CPU run's share of the cores, so that train.cpu_side_by_side of them run at once (on Slurm, the CPUs it
+    asks for: `train={cpu_side_by_side: 1}` asks for all). GPU runs ask 1 (their CPUs are cpus_per_task)."""
+    if run_spec(wildcards).trainer.device != "cpu":
+        return 1
+    return cpu_training_threads(TRAIN.get("cpu_side_by_side"), workflow.cores, machine_memory_mb())
+
+
 def gpu_resources(spec):
     """Slurm resources of a training run: the whole verl job (driver + Ray) on nnodes × n_gpus_per_node."""
     if spec.trainer.device == "cpu":
-        return {"mem_mb": 8000, "runtime": 60, "gpu": 0, "nodes": 1}
+        return {"mem_mb": CPU_TRAINING_MEM_MB, "runtime": 60, "gpu": 0, "nodes": 1}
     if TRAIN.get("ray_address"):  # multi-node: the job is only the driver; the Ray cluster holds the GPUs
         return {"mem_mb": 32000, "runtime": TRAIN.get("runtime_min") or 3 * 24 * 60, "gpu": 0, "nodes": 1}
     gpus = spec.trainer.n_gpus_per_node

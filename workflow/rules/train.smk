@@ -17,8 +17,9 @@ rule train:
         f"{RESULTS}/benchmarks/{{preset}}/train/{{run}}.tsv"
     conda:
         conda_env
-    # CPU runs take every core: two verl runs side by side on 2 cores are slower than one after the other.
-    threads: lambda wildcards: workflow.cores if run_spec(wildcards).trainer.device == "cpu" else 1
+    # CPU runs share the cores (config train.cpu_side_by_side, fipo/scheduling.py): a tiny run leaves part of its
+    # 2 cores idle, and two side by side finish sooner than two in a row.
+    threads: train_threads
     resources:
         mem_mb=lambda wildcards: gpu_resources(run_spec(wildcards))["mem_mb"],
         runtime=lambda wildcards: gpu_resources(run_spec(wildcards))["runtime"],
