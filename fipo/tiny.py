@@ -14,7 +14,6 @@ on problems of every size and RL can find out which pays: the worked form is the
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -413,13 +412,15 @@ def data_fingerprint(seed: int = 0) -> str:
                    | {"data_source": TINY_DATA_SOURCE})
 
 
-def model_fingerprint(spec: TinyModelSpec = TinyModelSpec()) -> str:
+def model_fingerprint(spec: TinyModelSpec = TinyModelSpec(), code_root: Path | None = None) -> str:
     """What determines ``fipo tiny-model``'s base model and form report: the training problems and both response
-    forms, the spec, the chat format, and the code that builds, trains and reports on it (its source text). The
-    pipeline's tiny_model job carries it as a param: a change to any of them remakes the model."""
+    forms, the spec, the chat format, and the code that builds, trains and reports on it (this module and every
+    `fipo` module it imports, as their syntax trees: fipo.code_digest, the digest the figures carry too). The
+    pipeline's tiny_model job carries it as a param: a change to any of them remakes the model. ``code_root``: the
+    package folder to read the code from (a test's edited copy)."""
+    from fipo.code_digest import PACKAGE_DIR, code_digest
+
     train = split_problems(spec.seed)["train"]
-    code = [inspect.getsource(f) for f in (train_tokenizer, build_model, warm_start, _warmup_factor, form_report,
-                                           response_form, held_out_problems, build_tiny_base_model, chat_prompt_text)]
     return _digest({"problems": [(p.prompt(), p.solution("direct"), p.solution("worked")) for p in train],
                     "spec": spec.__dict__, "chat_template": CHAT_TEMPLATE, "special_tokens": SPECIAL_TOKENS,
-                    "report_problems": REPORT_PROBLEMS, "code": code})
+                    "report_problems": REPORT_PROBLEMS, "code": code_digest(__name__, code_root or PACKAGE_DIR)})

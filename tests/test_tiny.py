@@ -5,10 +5,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.utils.reward_score import default_compute_score
 
-import inspect
 import json
 import math
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -189,7 +190,7 @@ def test_warm_started_model_scores_above_zero_and_below_one(tiny_world):
     assert 0.0 < accuracy < 1.0, accuracy
 
 
-def test_fingerprints_change_with_what_makes_the_data_and_the_model(monkeypatch):
+def test_fingerprints_change_with_what_makes_the_data_and_the_model(monkeypatch, tmp_path):
     """The pipeline's tiny_data and tiny_model jobs carry these as params: a changed task, spec or warm-start code
     must change them (Snakemake then remakes the data or the model), and nothing else may."""
     import fipo.tiny as tiny
@@ -208,6 +209,17 @@ def test_fingerprints_change_with_what_makes_the_data_and_the_model(monkeypatch)
     monkeypatch.setattr(Problem, "prompt", lambda self: f"Sum {self.question}. End with the line Answer: N")
     assert tiny.data_fingerprint() != data and tiny.model_fingerprint() != model
     monkeypatch.undo()
-    getsource = inspect.getsource  # an edit to the warm start's code (here: its schedule gains a comment)
-    monkeypatch.setattr(inspect, "getsource", lambda f: getsource(f) + ("#" if f is tiny._warmup_factor else ""))
-    assert tiny.model_fingerprint() != model and tiny.data_fingerprint() == data
+    # an edit to the warm start's code, in a copy of the package: a comment is no change, a statement is, and so is
+    # one in a module tiny.py imports
+    copy = tmp_path / "fipo"
+    shutil.copytree(Path(tiny.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert tiny.model_fingerprint(code_root=copy) == model
+    source = (copy / "tiny.py").read_text()
+    assert source.count("def _warmup_factor(") == 1
+    (copy / "tiny.py").write_text(source.replace("def _warmup_factor(", "# a comment\ndef _warmup_factor("))
+    assert tiny.model_fingerprint(code_root=copy) == model
+    (copy / "tiny.py").write_text(source.replace("def _warmup_factor(", "WARMUP_EDITED = 1\n\n\ndef _warmup_factor("))
+    assert tiny.model_fingerprint(code_root=copy) != model and tiny.data_fingerprint() == data
+    (copy / "tiny.py").write_text(source)
+    (copy / "data.py").write_text((copy / "data.py").read_text() + "\nDATA_EDITED = 1\n")
+    assert tiny.model_fingerprint(code_root=copy) != model
