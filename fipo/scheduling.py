@@ -12,8 +12,10 @@ from __future__ import annotations
 
 # What the train rule declares for a CPU run (resources.mem_mb): a tiny run's process tree peaked at about 6.6 GB.
 CPU_TRAINING_MEM_MB = 8000
-# Kept free beside the trainings: an evaluation job (its declared mem_mb) and Snakemake itself.
-RESERVED_MEM_MB = 4000
+# What the evaluate rules declare for a CPU (transformers) evaluation.
+CPU_EVALUATION_MEM_MB = 4000
+# Kept free beside the trainings: an evaluation job and Snakemake itself.
+RESERVED_MEM_MB = CPU_EVALUATION_MEM_MB
 AUTO_MAX = 2
 
 

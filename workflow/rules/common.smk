@@ -29,7 +29,7 @@ from fipo.experiment import (
 from fipo.code_digest import code_digest
 from fipo.provenance import project_version
 from fipo.run_folder import parse_run_name, run_name, run_seeds, spec_fingerprint
-from fipo.scheduling import CPU_TRAINING_MEM_MB, cpu_training_threads, machine_memory_mb
+from fipo.scheduling import CPU_EVALUATION_MEM_MB, CPU_TRAINING_MEM_MB, cpu_training_threads, machine_memory_mb
 
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 

@@ -18,7 +18,7 @@ rule evaluate:
     threads: lambda wildcards: 1 if EVAL.backend == "vllm" else workflow.cores
     resources:
         gpu=lambda wildcards: EVAL.tensor_parallel_size if EVAL.backend == "vllm" else 0,
-        mem_mb=lambda wildcards: 200_000 if EVAL.backend == "vllm" else 4000,
+        mem_mb=lambda wildcards: 200_000 if EVAL.backend == "vllm" else CPU_EVALUATION_MEM_MB,
         runtime=lambda wildcards: (config.get("eval") or {}).get("runtime_min") or 240,
     params:
         cmd=eval_params,
