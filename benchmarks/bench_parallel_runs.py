@@ -59,8 +59,9 @@ def wait_all(processes: list[subprocess.Popen]) -> list[int]:
 
 def run_batch(experiments, steps, model: Path, data: Path, root: Path, side_by_side: bool) -> tuple[float, list[int]]:
     folders = []
-    for experiment in experiments:
-        results = root / ("parallel" if side_by_side else "sequential") / experiment
+    for index, experiment in enumerate(experiments):
+        # numbered, so one experiment can be named twice (the same spec trained twice each way)
+        results = root / ("parallel" if side_by_side else "sequential") / f"{index}-{experiment}"
         shutil.copytree(model, results / "tiny" / "base_model")
         folders.append((experiment, results))
     began, peaks, processes = time.monotonic(), [], []

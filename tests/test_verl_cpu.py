@@ -85,6 +85,45 @@ def test_greedy_sampling_is_deterministic_and_respects_max_tokens(server):
     assert outs[0].token_ids == outs[1].token_ids == outs[2].token_ids and len(outs[0].token_ids) <= 5
 
 
+def _sample(server, prompts, params):
+    async def run():
+        return await asyncio.gather(*[server.generate(p, params, request_id=str(i)) for i, p in enumerate(prompts)])
+
+    return [o.token_ids for o in asyncio.run(run())]
+
+
+def test_a_response_depends_on_seed_step_prompt_and_rank_not_on_its_batch(tiny_world):
+    """Two runs of one spec and seed sampled differently when responses shared one generator (which requests
+    share a batch depends on timing); now each response has its own."""
+    path = str(tiny_world["model"])
+    tok = AutoTokenizer.from_pretrained(path)
+    a, b, c = (prompt_ids(tok, f"Add {x}+{y}+{z}. End with the line Answer: N") for x, y, z in [(1, 2, 3), (4, 5, 6), (7, 8, 9)])
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1}
+
+    def fresh(seed=0, window=0.01):
+        return HFRolloutServer(path, prompt_length=64, response_length=24, seed=seed, batch_window_s=window)
+
+    together = _sample(fresh(), [a, b, a, c, a], params)  # one batch
+    apart = fresh(window=0.0)
+    alone = _sample(apart, [c], params) + _sample(apart, [a, a], params) + _sample(apart, [b, a], params)
+    assert sorted(map(tuple, together)) == sorted(map(tuple, alone))  # the same five responses
+    by_prompt = lambda outs, prompts: [o for o, p in zip(outs, prompts) if p == a]
+    assert by_prompt(together, [a, b, a, c, a]) == by_prompt(alone, [c, a, a, b, a])  # a's k-th is the k-th
+    assert len({tuple(o) for o in by_prompt(together, [a, b, a, c, a])}) > 1  # the ranks differ from each other
+    other = _sample(fresh(seed=1), [a, b, a, c, a], params)
+    assert other != together
+    next_step = fresh()
+    asyncio.run(next_step.update_weights({}, global_steps=1))
+    assert _sample(next_step, [a, b, a, c, a], params) != together
+
+
+def test_top_k_one_is_greedy_and_top_p_keeps_the_most_likely_token(server):
+    tok = server.tokenizer
+    greedy = _sample(server, [prompt_ids(tok)], {"temperature": 0, "max_tokens": 8})
+    assert _sample(server, [prompt_ids(tok)] * 3, {"temperature": 1.0, "top_k": 1, "max_tokens": 8}) == greedy * 3
+    assert _sample(server, [prompt_ids(tok)] * 3, {"temperature": 1.0, "top_p": 1e-6, "max_tokens": 8}) == greedy * 3
+
+
 def test_weight_sync_replaces_the_weights_and_records_the_step(tiny_world):
     server = HFRolloutServer(str(tiny_world["model"]), prompt_length=64, response_length=8, seed=0, batch_window_s=0.0)
     state = {k: v + 0.5 for k, v in server.model.state_dict().items() if k != "lm_head.weight"}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import os
 import time
 from types import SimpleNamespace
@@ -36,6 +37,7 @@ from typing import Any, Optional
 import ray
 import torch
 import verl
+from transformers import LogitsProcessor, LogitsProcessorList
 from verl.plugin.platform import PlatformBase, PlatformRegistry
 from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
@@ -212,17 +214,48 @@ def _server_name(replica_rank: int) -> str:
     return f"fipo_hf_rollout_{replica_rank}"
 
 
+class _SeededSampler(LogitsProcessor):
+    """Samples each row's next token from its own generator (temperature, top-k, then top-p, as vLLM orders
+    them) and returns scores whose only finite entry is that token."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, top_k: int):
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logits = scores.float() / self.temperature
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            drop = probs.cumsum(-1) - probs > self.top_p  # keep the smallest prefix reaching top_p
+            logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        probs = torch.softmax(logits, dim=-1)
+        chosen = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, chosen[:, None], 0.0)
+
+
 class HFRolloutServer:
     """Ray actor: holds a transformers copy of the policy and samples from it.
 
     The agent loop sends one request per response (n requests per prompt, concurrently); requests that arrive
     together are generated as one left-padded batch in a worker thread.
+
+    Each response draws its tokens from its own random generator, seeded by (seed, training step, prompt, how
+    many responses to that prompt were asked for before it at this step): which requests share a batch depends
+    on timing, and with one shared generator that made every run of one spec and seed sample differently (its
+    step-0 validation accuracy differed between two runs). Now a response depends on timing only through the
+    float rounding of a batch's shape.
     """
 
     def __init__(self, model_path: str, prompt_length: int, response_length: int, seed: int, batch_window_s: float):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        torch.manual_seed(seed)
+        self.seed = int(seed)
+        self._asked: dict[tuple[int, ...], int] = {}  # prompt -> responses asked for at this step
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
         self.prompt_length, self.response_length = prompt_length, response_length
@@ -241,10 +274,19 @@ class HFRolloutServer:
         if image_data is not None or video_data is not None:
             raise ValueError("the hf CPU rollout serves text only")
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((list(prompt_ids), dict(sampling_params), future))
+        self._pending.append((list(prompt_ids), dict(sampling_params), self._response_seed(prompt_ids), future))
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._drain())
         return await future
+
+    def _response_seed(self, prompt_ids) -> int:
+        """The seed of one response; called in arrival order, which is the submission order of each agent-loop
+        worker (Ray keeps one caller's calls in order), so the k-th response to a prompt keeps its seed."""
+        prompt = tuple(int(t) for t in prompt_ids)
+        k = self._asked.get(prompt, 0)
+        self._asked[prompt] = k + 1
+        key = repr((self.seed, self.global_steps, prompt, k)).encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
 
     async def _drain(self) -> None:
         await asyncio.sleep(self.batch_window_s)  # let the other n-1 samples of the group arrive
@@ -256,11 +298,13 @@ class HFRolloutServer:
             for key, items in groups.items():
                 try:
                     async with self._model_lock:
-                        outputs = await asyncio.to_thread(self._generate_batch, [i[0] for i in items], key)
-                    for (_, _, future), output in zip(items, outputs):
+                        outputs = await asyncio.to_thread(
+                            self._generate_batch, [i[0] for i in items], key, [i[2] for i in items]
+                        )
+                    for (*_, future), output in zip(items, outputs):
                         future.set_result(output)
                 except Exception as e:  # surface the failure on every waiting request
-                    for _, _, future in items:
+                    for *_, future in items:
                         if not future.done():
                             future.set_exception(e)
 
@@ -274,7 +318,7 @@ class HFRolloutServer:
         return temperature, top_p, top_k, max(1, int(limit))
 
     @torch.no_grad()
-    def _generate_batch(self, prompts: list[list[int]], key: tuple) -> list[TokenOutput]:
+    def _generate_batch(self, prompts: list[list[int]], key: tuple, seeds: list[int]) -> list[TokenOutput]:
         temperature, top_p, top_k, max_new = key
         pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
@@ -282,14 +326,18 @@ class HFRolloutServer:
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         greedy = temperature <= 0
+        # Sampling happens in _SeededSampler (one generator per response); generate() then takes the argmax of
+        # what it returns, the sampled token.
+        sampler = [] if greedy else [_SeededSampler(seeds, temperature, top_p, top_k)]
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention,
             max_new_tokens=max_new,
-            do_sample=not greedy,
-            temperature=None if greedy else temperature,
-            top_p=None if greedy else top_p,
-            top_k=top_k if top_k > 0 else None,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            logits_processor=LogitsProcessorList(sampler),
             pad_token_id=pad,
             eos_token_id=eos,
             return_dict_in_generate=True,
@@ -320,6 +368,8 @@ class HFRolloutServer:
                 raise RuntimeError(f"hf rollout: weights the model does not have: {unexpected[:5]}")
             self.model.tie_weights()
         if global_steps is not None:
+            if int(global_steps) != self.global_steps:
+                self._asked.clear()
             self.global_steps = int(global_steps)
         return len(state)
 
