@@ -28,11 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import os
 import time
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import ray
 import torch
@@ -44,6 +43,7 @@ from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry,
 
 # The values `fipo train` hands verl live in cpu_run (no verl import there); re-exported for the tests and users.
 from fipo.integrations.cpu_run import CPU_SUPPORT_MODULE, QUICK_POLL_SAMPLER, cpu_environment, sampler_overrides  # noqa: F401
+from fipo.provenance import digest_of
 
 SUPPORTED_VERL = "0.9.1"
 ROLLOUT_NAME = "hf"
@@ -238,6 +238,15 @@ class _SeededSampler(LogitsProcessor):
         return out.scatter(-1, chosen[:, None], 0.0)
 
 
+class _Request(NamedTuple):
+    """One response asked of the server, waiting for its batch."""
+
+    prompt: list[int]
+    params: dict
+    seed: int
+    future: asyncio.Future
+
+
 class HFRolloutServer:
     """Ray actor: holds a transformers copy of the policy and samples from it.
 
@@ -261,7 +270,7 @@ class HFRolloutServer:
         self.prompt_length, self.response_length = prompt_length, response_length
         self.global_steps = 0
         self.batch_window_s = batch_window_s
-        self._pending: list[tuple[list[int], dict, asyncio.Future]] = []
+        self._pending: list[_Request] = []
         self._batcher: Optional[asyncio.Task] = None
         self._model_lock = asyncio.Lock()
 
@@ -274,7 +283,7 @@ class HFRolloutServer:
         if image_data is not None or video_data is not None:
             raise ValueError("the hf CPU rollout serves text only")
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((list(prompt_ids), dict(sampling_params), self._response_seed(prompt_ids), future))
+        self._pending.append(_Request(list(prompt_ids), dict(sampling_params), self._response_seed(prompt_ids), future))
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._drain())
         return await future
@@ -285,8 +294,7 @@ class HFRolloutServer:
         prompt = tuple(int(t) for t in prompt_ids)
         k = self._asked.get(prompt, 0)
         self._asked[prompt] = k + 1
-        key = repr((self.seed, self.global_steps, prompt, k)).encode()
-        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
+        return int(digest_of([self.seed, self.global_steps, list(prompt), k])[:16], 16) >> 1  # < 2**63
 
     async def _drain(self) -> None:
         await asyncio.sleep(self.batch_window_s)  # let the other n-1 samples of the group arrive
@@ -294,19 +302,19 @@ class HFRolloutServer:
             batch, self._pending = self._pending, []
             groups: dict[tuple, list] = {}
             for item in batch:
-                groups.setdefault(self._sampling_key(item[0], item[1]), []).append(item)
+                groups.setdefault(self._sampling_key(item.prompt, item.params), []).append(item)
             for key, items in groups.items():
                 try:
                     async with self._model_lock:
                         outputs = await asyncio.to_thread(
-                            self._generate_batch, [i[0] for i in items], key, [i[2] for i in items]
+                            self._generate_batch, [i.prompt for i in items], key, [i.seed for i in items]
                         )
-                    for (*_, future), output in zip(items, outputs):
-                        future.set_result(output)
+                    for item, output in zip(items, outputs):
+                        item.future.set_result(output)
                 except Exception as e:  # surface the failure on every waiting request
-                    for *_, future in items:
-                        if not future.done():
-                            future.set_exception(e)
+                    for item in items:
+                        if not item.future.done():
+                            item.future.set_exception(e)
 
     def _sampling_key(self, prompt_ids: list[int], params: dict) -> tuple:
         temperature = float(params.get("temperature", 1.0))
