@@ -1,7 +1,8 @@
 """Content fingerprints: what identifies a result independently of where it lies.
 
 A run is keyed on its rendered verl command (machine paths replaced by placeholders), the content of its
-data files and model, and the project version; a checkpoint or a model folder on the content of its files;
+data files and model, the project version, the project's code that runs inside verl for it and the versions of
+the libraries that compute it (:func:`fipo.run_folder.run_provenance`); a checkpoint or a model folder on the content of its files;
 an evaluation on its model's content and its settings. Paths never enter a fingerprint: moving a results
 folder keeps every result, and rewriting a folder in place (a retrained checkpoint) changes it.
 """
@@ -58,6 +59,23 @@ def project_version() -> str:
         return metadata.version("fipo-workbench")
     except metadata.PackageNotFoundError:  # run from a source tree without installation
         return "unknown"
+
+
+# The libraries whose code computes a run: the trainer, the tensors, the model code and the GPU rollout.
+TRAINING_LIBRARIES = ("verl", "torch", "transformers", "vllm")
+
+
+@lru_cache(maxsize=None)
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, None where it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def library_versions(names=TRAINING_LIBRARIES) -> dict[str, str | None]:
+    return {name: package_version(name) for name in names}
 
 
 def short(digest: str) -> str:

@@ -8,7 +8,8 @@ and token dumps, ``provenance.json`` (what the run is: its fingerprint) and, onc
   trainer and verl run; a second trainer is refused with a message naming the holder.
 - **Fingerprint.** A run is keyed on everything that determines it (:func:`run_provenance`): the rendered verl
   overrides with machine paths replaced by placeholders, the data files' and a local model's content, the
-  project version. A folder holding a run with another fingerprint is never resumed into: it is moved aside
+  project version, the project's code that runs inside verl for this run (:func:`training_code`) and the
+  installed versions of the libraries that compute it (verl, torch, transformers, vLLM). A folder holding a run with another fingerprint is never resumed into: it is moved aside
   to ``<results>/<preset>/superseded/<experiment>-<time>-<fingerprint>/`` and the run starts fresh.
 - **Attempts.** verl's ``file`` logger opens its JSONL with "wb": a resumed run would overwrite the steps logged
   before the crash. So every attempt logs to its own ``metrics.attempt-N.jsonl`` (created exclusively) and
@@ -34,8 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from fipo.code_digest import code_digest
 from fipo.files import MalformedLineError, read_jsonl, write_text_atomic
-from fipo.provenance import digest_of, short
+from fipo.integrations.cpu_run import CPU_SUPPORT_MODULE
+from fipo.provenance import digest_of, library_versions, short
 
 ATTEMPT_PATTERN = re.compile(r"^metrics\.attempt-(\d+)\.jsonl$")
 PROVENANCE_FILE = "provenance.json"
@@ -289,14 +292,38 @@ def read_steps(path: Path) -> dict[int, dict]:
     return steps
 
 
+# The verl plugin (the FIPO loss, its token dumps) computes a FIPO run; DAPO and GRPO use verl's own losses, and
+# the plugin only registers the FIPO one for them, so a change to the FIPO loss does not retrain a baseline.
+FIPO_LOSS_MODULE = "fipo.verl_plugin"
+
+
+def training_code_modules(exp) -> list[str]:
+    """The project's modules whose code runs inside verl and computes this run (each with every `fipo` module it
+    imports): the FIPO loss plugin for a FIPO run, the CPU platform, rollout and sampler for a CPU run."""
+    modules = [FIPO_LOSS_MODULE] if exp.policy.loss == "fipo" else []
+    if exp.trainer.device == "cpu":
+        modules.append(CPU_SUPPORT_MODULE)
+    return modules
+
+
+def training_code(exp) -> dict[str, str]:
+    """{module: fipo.code_digest.code_digest(module)} for :func:`training_code_modules`: a fixed bug in the loss
+    or the CPU rollout changes the runs it computes (comments and layout do not: syntax trees are hashed)."""
+    return {module: code_digest(module) for module in training_code_modules(exp)}
+
+
 def spec_fingerprint(exp, extra_overrides: list[str], version: str) -> str:
     """Everything the spec says about a run (the resolved experiment, the user's extra overrides, the project
-    version), without reading its inputs: cheap enough for the pipeline's DAG, whose train jobs rerun when it
-    changes (Snakemake's params trigger; changed inputs it sees by itself)."""
+    version) and the code and libraries that compute it, without reading its inputs: cheap enough for the
+    pipeline's DAG, whose train jobs rerun when it changes (Snakemake's params trigger; changed inputs it sees by
+    itself). The library versions are those of the process that asks: Snakemake's, which is the runs' own
+    environment unless the pipeline runs with --use-conda (then a library upgrade is caught by `fipo train`'s
+    full fingerprint, not by the DAG)."""
     spec = {k: v for k, v in dataclasses.asdict(exp).items() if k != "description"}  # prose computes nothing
     spec["fipo"].pop("allow_on_policy", None)  # decides whether a spec is accepted, not what a run computes
     spec["trainer"].pop("loggers", None)  # where the curves also go, not what the run computes
-    return digest_of({"experiment": spec, "overrides": list(extra_overrides), "project_version": version})
+    return digest_of({"experiment": spec, "overrides": list(extra_overrides), "project_version": version,
+                      "code": training_code(exp), "libraries": library_versions()})
 
 
 def run_provenance(exp, portable_overrides: list[str], extra_overrides: list[str], data_files: dict[str, Path],
@@ -304,11 +331,12 @@ def run_provenance(exp, portable_overrides: list[str], extra_overrides: list[str
     """What identifies a run, and its fingerprint: the verl overrides with machine paths replaced by placeholders
     (:func:`fipo.verl_command.portable_overrides`, the user's extra overrides included), the data files'
     content (dataset name -> file), the model (its spec path and, for a local folder, its content digest), the
-    project version."""
+    project version, the digests of the project's code that computes the run (:func:`training_code`) and the
+    installed versions of the libraries that do (verl, torch, transformers, vLLM; null where absent)."""
     from fipo.provenance import file_digest
 
     material = {"preset": exp.preset, "experiment": exp.name, "overrides": portable_overrides,
                 "data": {name: file_digest(path) for name, path in sorted(data_files.items())}, "model": model,
-                "project_version": version}
+                "project_version": version, "code": training_code(exp), "libraries": library_versions()}
     return {**material, "spec_fingerprint": spec_fingerprint(exp, extra_overrides, version),
             "fingerprint": digest_of(material)}

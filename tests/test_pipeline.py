@@ -732,6 +732,36 @@ def test_a_change_to_analysis_code_redoes_the_artifacts_that_import_it(smoke):
 
 
 @pytest.mark.slow
+def test_a_change_to_the_fipo_loss_retrains_the_fipo_runs_and_no_baseline(smoke):
+    """A train job's params carry the digest of the code that computes its run (fipo.run_folder.training_code):
+    a changed function in fipo/loss.py (reached from the verl plugin) retrains the three FIPO runs of the smoke
+    DAG and everything made from them, not DAPO or GRPO, which run verl's own losses; a comment changes nothing.
+    (Edited in place and restored, as above.)"""
+    module = ROOT / "fipo" / "loss.py"
+    original = module.read_bytes()
+
+    def plan() -> str:
+        out = subprocess.run([*smoke["cmd"], "-n"], cwd=ROOT, env=smoke["env"], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out.stdout + out.stderr
+
+    try:
+        module.write_bytes(original + b"\n# a comment, and layout:\n\n\n")
+        commented = plan()
+        module.write_bytes(original + b"\n\ndef _changed():\n    return 1\n")
+        changed = plan()
+    finally:
+        module.write_bytes(original)
+    assert "Nothing to be done" in commented, commented[-3000:]
+    assert job_counts(changed)["train"] == 3, changed[-3000:]
+    train_jobs = re.findall(r"^(?:local)?rule train:\n(.*?)(?:\n\n|\Z)", changed, re.M | re.S)
+    retrained = {re.search(r"run=([^,\s]+)", job).group(1) for job in train_jobs}
+    assert retrained == {"fipo", "fipo-cliphigh-1.4", "fipo-maxlen-25k"}, changed[-3000:]
+    assert all("Params have changed" in job for job in train_jobs), changed[-3000:]
+
+
+@pytest.mark.slow
 def test_a_notebook_without_a_needed_metric_fails_naming_run_and_metric(smoke, tmp_path):
     results = tmp_path / "results"
     # fig09's runs, fipo and fipo-raw, with fipo-cliphigh-1.4's log standing in for fipo-raw's (not trained here)
