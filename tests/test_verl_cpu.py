@@ -170,3 +170,56 @@ def test_the_values_fipo_train_hands_verl_name_this_module_and_need_no_verl_impo
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _buffer_with(dispatched: list[tuple[str, int]], finished_order: list[str], n: int, monkeypatch):
+    """A QuickPollReplayBuffer whose TransferQueue snapshot holds ``dispatched`` prompts ((uid, step), in the order
+    they were written) and their n trajectories each, written in ``finished_order`` of the prompts."""
+    import verl.trainer.ppo.v1.replay_buffer as verl_buffer
+
+    monkeypatch.setattr(verl_buffer.tq, "kv_clear", lambda **kwargs: None)
+    buffer = verl_cpu.QuickPollReplayBuffer(
+        trainer_mode="sync", trainer_config=None, max_off_policy_threshold=None, max_off_policy_strategy="drop",
+        sampler_kwargs={"train_batch_size": 4, "filter_groups_metric": None},
+    )
+    for uid, step in dispatched:
+        buffer.prompt_global_steps["train"][uid] = step
+    for uid in finished_order:
+        for session in reversed(range(n)):  # a group's samples finish in any order too
+            buffer.partitions["train"][f"{uid}_{session}_0"] = {"uid": uid, "session": session}
+    return buffer
+
+
+def test_a_batch_is_ordered_by_dispatch_and_sample_number_not_by_timing_or_random_keys(monkeypatch):
+    """verl's sync buffer broke ties between prompts in the set order of random uuid4 keys and kept trajectories in
+    the order they finished: two runs of one seed put other responses in one PPO mini-batch. The CPU sampler's batch
+    is the oldest step's prompts first, then dispatch order, each prompt's samples by number, whatever the keys
+    and whatever order generation finished in."""
+    import random
+    import uuid
+
+    rng = random.Random()
+    n, batch_size = 3, 4
+    batches = set()
+    for _ in range(6):  # fresh random keys and completion orders each time, as in separate runs
+        uids = [str(uuid.uuid4()) for _ in range(7)]
+        dispatched = [(uids[0], 1)] + [(uid, 2) for uid in uids[1:]]  # uids[0]: left over from the step before
+        finished = uids[:]
+        rng.shuffle(finished)
+        buffer = _buffer_with(dispatched, finished, n, monkeypatch)
+        sampleable = set(uids) - {uids[2]}  # one group filtered out; one more than a batch left
+        selected, snapshot, _ = buffer._select_prompt_uids("train", sampleable, batch_size)
+        assert selected == [uids[0], uids[1], uids[3], uids[4]]
+        batch = buffer._materialize_batch("train", selected, snapshot)
+        expected = [f"{uid}_{session}_0" for uid in selected for session in range(n)]
+        assert batch.keys == expected and [t["session"] for t in batch.tags] == list(range(n)) * batch_size
+        # what the batch means, with the random keys replaced by dispatch numbers: the same every time
+        batches.add(tuple(uids.index(key.split("_")[0]) for key in batch.keys))
+    assert batches == {(0, 0, 0, 1, 1, 1, 3, 3, 3, 4, 4, 4)}
+
+
+def test_trajectory_keys_sort_by_number_not_by_text():
+    position = {"a": 1, "b": 0}
+    keys = ["a_10_0", "a_2_0", "b_1_1", "b_1_0", "a_2_1"]
+    assert sorted(keys, key=lambda k: verl_cpu._trajectory_position(k, position)) == [
+        "b_1_0", "b_1_1", "a_2_0", "a_2_1", "a_10_0"]

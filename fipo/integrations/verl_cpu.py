@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import time
@@ -476,13 +477,46 @@ class HFRolloutAdapter(rollout_base.BaseRollout):
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer  # noqa: E402
 
 
+def _trajectory_position(key: str, prompt_position: dict[str, int]) -> tuple:
+    """Where trajectory ``{uid}_{session_id}_{index}`` (verl's key format) goes in a batch: after the trajectories
+    of the prompts selected before its own, then by session (the sample's number in its group) and index."""
+    uid, *rest = key.split("_")
+    return prompt_position[uid], tuple((0, int(part)) if part.isdigit() else (1, part) for part in rest)
+
+
 class QuickPollReplayBuffer(ReplayBuffer):
-    """verl's sync replay buffer, polling every ``poll_interval`` seconds instead of 2.
+    """verl's sync replay buffer, polling every ``poll_interval`` seconds instead of 2, with a batch whose order
+    does not depend on timing.
 
     verl's custom-sampler hook passes only the generic arguments; the DAPO filtering arguments that verl
     derives for its built-in buffer arrive here through ``trainer.v1.sampler.sampler_kwargs``, rendered from
     the same experiment spec by :func:`fipo.integrations.cpu_run.sampler_overrides`.
+
+    **Order.** verl 0.9.1 orders a batch by when things happened: its prompts by the step they were dispatched
+    at, ties (every prompt, in sync training) in the iteration order of a set of random uuid4 keys, and its
+    trajectories in the order TransferQueue first saw them, i.e. the order they finished generating. The order
+    decides which responses share a PPO mini-batch: two GRPO runs of one spec and seed sampled the same
+    responses at steps 1 and 2 but logged different losses from step 1 on, and sampled differently from step 3.
+    Here ties fall in dispatch order (TransferQueue lists keys in the order they were first written, and the
+    trainer writes prompts as the seeded dataloader gives them) and each prompt's trajectories follow it by
+    sample number. What this cannot fix: with DAPO's group filtering verl dispatches refill prompts
+    speculatively, and how many it dispatched before enough groups passed depends on timing; the surplus is
+    discarded but taken from the dataloader, so later steps' prompts can differ between runs.
     """
+
+    def _select_prompt_uids(self, partition_id: str, sampleable_keys: set[str], batch_size: int):
+        steps = self.prompt_global_steps[partition_id]
+        dispatched = {key: i for i, key in enumerate(steps)}
+        ordered = sorted(sampleable_keys, key=lambda key: (steps.get(key, 0), dispatched.get(key, len(dispatched))))
+        selected = ordered[:batch_size]
+        _, partition_snapshot, steps_snapshot = super()._select_prompt_uids(partition_id, set(selected), batch_size)
+        return selected, partition_snapshot, steps_snapshot
+
+    def _materialize_batch(self, partition_id: str, selected_prompt_uids: list[str], partition_snapshot: dict):
+        batch = super()._materialize_batch(partition_id, selected_prompt_uids, partition_snapshot)
+        position = {uid: i for i, uid in enumerate(selected_prompt_uids)}
+        order = sorted(range(len(batch.keys)), key=lambda i: _trajectory_position(batch.keys[i], position))
+        return dataclasses.replace(batch, keys=[batch.keys[i] for i in order], tags=[batch.tags[i] for i in order])
 
     def __init__(self, *, sampler_kwargs=None, **kwargs):
         options = dict(sampler_kwargs or {})
