@@ -9,8 +9,9 @@ and token dumps, ``provenance.json`` (what the run is: its fingerprint) and, onc
 - **Fingerprint.** A run is keyed on everything that determines it (:func:`run_provenance`): the rendered verl
   overrides with machine paths replaced by placeholders, the data files' and a local model's content, the
   project version, the project's code that runs inside verl for this run (:func:`training_code`) and the
-  installed versions of the libraries that compute it (verl, torch, transformers, vLLM). A folder holding a run with another fingerprint is never resumed into: it is moved aside
-  to ``<results>/<preset>/superseded/<experiment>-<time>-<fingerprint>/`` and the run starts fresh.
+  installed versions of the libraries that compute it (verl, torch, transformers, vLLM). A folder holding a run
+  with another fingerprint is never resumed into: it is moved aside to
+  ``<results>/<preset>/superseded/<experiment>-<time>-<fingerprint>/`` and the run starts fresh.
 - **Attempts.** verl's ``file`` logger opens its JSONL with "wb": a resumed run would overwrite the steps logged
   before the crash. So every attempt logs to its own ``metrics.attempt-N.jsonl`` (created exclusively) and
   :meth:`RunFolder.merge_attempts` writes ``metrics.jsonl`` with each step exactly once, taken from the latest

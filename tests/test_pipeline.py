@@ -704,13 +704,9 @@ def test_only_jobs_whose_inputs_changed_rerun(smoke):
     assert jobs == Counter({"figure": 1, "index": 1, "all": 1}), out.stdout[-3000:]
 
 
-@pytest.mark.slow
-def test_a_change_to_analysis_code_redoes_the_artifacts_that_import_it(smoke):
-    """fipo.analysis.tokens is imported by the influence figure's notebook only (through fipo.code_digest's
-    closure of its imports): a changed function there redoes that figure and the index; a comment does not.
-    (The module is edited in place and restored: Snakemake, run from the repository, imports the package from its
-    working directory before any PYTHONPATH copy.)"""
-    module = ROOT / "fipo" / "analysis" / "tokens.py"
+def plans_after_editing(smoke, module: Path) -> tuple[str, str]:
+    """The smoke DAG's dry run after a comment and blank lines are appended to ``module``, then after a new
+    function is; the module is restored whatever happens."""
     original = module.read_bytes()
 
     def plan() -> str:
@@ -723,9 +719,18 @@ def test_a_change_to_analysis_code_redoes_the_artifacts_that_import_it(smoke):
         module.write_bytes(original + b"\n# a comment, and layout:\n\n\n")
         commented = plan()
         module.write_bytes(original + b"\n\ndef _changed():\n    return 1\n")
-        changed = plan()
+        return commented, plan()
     finally:
         module.write_bytes(original)
+
+
+@pytest.mark.slow
+def test_a_change_to_analysis_code_redoes_the_artifacts_that_import_it(smoke):
+    """fipo.analysis.tokens is imported by the influence figure's notebook only (through fipo.code_digest's
+    closure of its imports): a changed function there redoes that figure and the index; a comment does not.
+    (The module is edited in place and restored: Snakemake, run from the repository, imports the package from its
+    working directory before any PYTHONPATH copy.)"""
+    commented, changed = plans_after_editing(smoke, ROOT / "fipo" / "analysis" / "tokens.py")
     assert "Nothing to be done" in commented, commented[-3000:]
     assert job_counts(changed) == Counter({"figure": 1, "index": 1, "all": 1}), changed[-3000:]
     assert "artifact=influence" in changed  # the one figure job (fig01.png appears too: as an input of the index)
@@ -737,22 +742,7 @@ def test_a_change_to_the_fipo_loss_retrains_the_fipo_runs_and_no_baseline(smoke)
     a changed function in fipo/loss.py (reached from the verl plugin) retrains the three FIPO runs of the smoke
     DAG and everything made from them, not DAPO or GRPO, which run verl's own losses; a comment changes nothing.
     (Edited in place and restored, as above.)"""
-    module = ROOT / "fipo" / "loss.py"
-    original = module.read_bytes()
-
-    def plan() -> str:
-        out = subprocess.run([*smoke["cmd"], "-n"], cwd=ROOT, env=smoke["env"], capture_output=True, text=True,
-                             timeout=120)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        return out.stdout + out.stderr
-
-    try:
-        module.write_bytes(original + b"\n# a comment, and layout:\n\n\n")
-        commented = plan()
-        module.write_bytes(original + b"\n\ndef _changed():\n    return 1\n")
-        changed = plan()
-    finally:
-        module.write_bytes(original)
+    commented, changed = plans_after_editing(smoke, ROOT / "fipo" / "loss.py")
     assert "Nothing to be done" in commented, commented[-3000:]
     assert job_counts(changed)["train"] == 3, changed[-3000:]
     train_jobs = re.findall(r"^(?:local)?rule train:\n(.*?)(?:\n\n|\Z)", changed, re.M | re.S)
