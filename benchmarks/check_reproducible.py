@@ -24,11 +24,9 @@ from bench_parallel_runs import run_batch
 from bench_startup import ensure_inputs
 
 from fipo.analysis.rollouts import dump_files
+from fipo.analysis.runs import VALIDATION_PATTERN
 from fipo.files import read_jsonl
 from fipo.run_folder import read_steps
-
-ACCURACY = "val-core/math_dapo/acc/mean@"  # verl's validation accuracy key, up to the number of samples
-
 
 def batch(path: Path) -> Counter:
     """The (prompt, response) pairs of one rollout dump, as a multiset (the order of a dump is not compared)."""
@@ -37,7 +35,9 @@ def batch(path: Path) -> Counter:
 
 
 def accuracy(data: dict) -> float | None:
-    return next((value for key, value in data.items() if key.startswith(ACCURACY)), None)
+    """The step's validation Avg@N (verl's ``val-core/<source>/acc/mean@N``), None where it did not validate."""
+    return next((value for key, value in data.items()
+                 if (m := VALIDATION_PATTERN.match(key)) and m.group("stat") == "mean" and not m.group("tail")), None)
 
 
 def compare(run_a: Path, run_b: Path) -> list[tuple[int, bool, int, int, float | None, float | None]]:

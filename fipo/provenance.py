@@ -3,8 +3,8 @@
 A run is keyed on its rendered verl command (machine paths replaced by placeholders), the content of its
 data files and model, the project version, the project's code that runs inside verl for it and the versions of
 the libraries that compute it (:func:`fipo.run_folder.run_provenance`); a checkpoint or a model folder on the
-content of its files; an evaluation on its model's content and its settings. Paths never enter a fingerprint: moving a results
-folder keeps every result, and rewriting a folder in place (a retrained checkpoint) changes it.
+content of its files; an evaluation on its model's content and its settings. Paths never enter a fingerprint:
+moving a results folder keeps every result, and rewriting a folder in place (a retrained checkpoint) changes it.
 """
 
 from __future__ import annotations
