@@ -811,8 +811,8 @@ FAULT_KINDS = {  # job kind -> its process's command line
 
 @pytest.mark.slow
 def test_an_edited_spec_reruns_only_its_run_and_survives_kill_9_of_every_kind_of_job(smoke, tmp_path, ray_dir):
-    """Edit one experiment's spec (the overlong buffer of fipo-maxlen-25k: 12 -> 10 tokens) after a finished
-    pipeline: only that run retrains,
+    """Edit one experiment's spec (fipo-maxlen-25k's learning rate: 3e-4 -> 1.5e-4) after a finished pipeline:
+    only that run retrains,
     from scratch (the old run moved aside, never resumed into), and only its evaluation and the artifacts that
     show it are redone. On the way, kill -9 Snakemake's whole process group once in each kind of job and rerun
     the same command: everything completes, nothing complete is recomputed, no half-written file is kept, no
@@ -825,8 +825,12 @@ def test_an_edited_spec_reruns_only_its_run_and_survives_kill_9_of_every_kind_of
     shutil.copytree(ROOT / "config", config)
     preset = config / "presets" / "tiny.yaml"
     text = preset.read_text()
-    assert text.count("reward: {overlong_buffer_len: 16}") == 1
-    preset.write_text(text.replace("reward: {overlong_buffer_len: 16}", "reward: {overlong_buffer_len: 12}"))
+    # An edit that must change the trained weights: a seeded run samples the same batches, so an edit that changes
+    # no reward (e.g. a shorter overlong buffer that no 2-step response reaches) retrains to a bit-identical model,
+    # whose evaluation is then rightly found already done, and there is no evaluation left to kill.
+    edited_block = "reward: {overlong_buffer_len: 16}"
+    assert text.count(edited_block) == 1
+    preset.write_text(text.replace(edited_block, edited_block + "\n      policy: {lr: 1.5e-4}"))
     env = {**smoke["env"], "FIPO_CONFIG_DIR": str(config)}
 
     # the plan: the edited run and exactly what depends on it
