@@ -896,7 +896,10 @@ def test_an_edited_spec_reruns_only_its_run_and_survives_kill_9_of_every_kind_of
     log.close()
     final = (tmp_path / f"attempt-{attempt}.log").read_text()
     assert process.returncode == 0, final[-5000:]
-    assert sorted(killed) == sorted(FAULT_KINDS), f"killed during {killed} only"
+    from fipo.provenance import folder_digest
+
+    same_model = folder_digest(run / "hf" / "selected") == old_model  # then its evaluation is rightly already done
+    assert sorted(killed) == sorted(FAULT_KINDS), f"killed during {killed} only; the same model again: {same_model}"
 
     # the old run was moved aside, kept and named; the new one started from scratch and was resumed only once
     (moved,) = (results / "tiny" / "superseded").glob(f"{EDITED}-*")
@@ -912,8 +915,6 @@ def test_an_edited_spec_reruns_only_its_run_and_survives_kill_9_of_every_kind_of
     assert all("actor/influence_weights_mean" in r["data"] for r in logged if r["step"] > 0)
     assert (run / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     # the evaluation is of the new checkpoint (its content, not its path), resumed after the kill
-    from fipo.provenance import folder_digest
-
     settings = json.loads((evaluation / "settings.json").read_text())
     assert settings["model_sha256"] == folder_digest(run / "hf" / "selected") != old_model
     assert list((evaluation / "superseded").iterdir())  # the old model's samples, kept
