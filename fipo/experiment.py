@@ -4,7 +4,7 @@ definitions in config/methods.yaml. An experiment resolves as the deep merge of,
     methods.yaml[method] (following its ``base:``)  ->  preset ``defaults``  ->  preset ``methods[method]``
     ->  the experiment's ``base:`` chain (each one's ``set:``)  ->  the experiment's own ``set:``
 
-and is then validated into frozen dataclasses: every unknown key, wrong type or out-of-range value raises
+and is then validated into frozen (pydantic) dataclasses: every unknown key, wrong type or out-of-range value raises
 :class:`SpecError` naming the key path, what is allowed and the layer (file and part) that wrote the value,
 before anything runs. Spec files are read refusing duplicate keys, and every preset, method, experiment and
 ablation family name is checked (NAME_PATTERN, FAMILY_PATTERN) before anything uses it.
@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 import re
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Optional
 
+import pydantic
 import yaml
 
 from fipo.data import DATASETS
@@ -60,15 +58,24 @@ def check_name(kind: str, name: Any, where: str, pattern: re.Pattern = NAME_PATT
 
 # ---------------------------------------------------------------------------------------------- schema
 
+# The sections are pydantic dataclasses: constructing one checks every value's type. Strict: YAML's true is not 1,
+# "8" is not 8 and 1.5 is not an integer (an int is a float, as YAML writes 1 for 1.0). Finite floats only: NaN
+# slips through every field without a range check (weight_decay, grad_clip, rope_theta...) and inf through every
+# "> 0" one; neither is a setting anyone means to write, and both surface in verl as a NaN loss or an overflow hours
+# later. Unknown keys are refused. _build_section turns pydantic's errors into messages that name the key path and
+# the layer that wrote it.
+SECTION_CONFIG = pydantic.ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+section = partial(pydantic.dataclasses.dataclass, frozen=True, config=SECTION_CONFIG)
 
-@dataclass(frozen=True)
+
+@section
 class ModelSpec:
     path: str  # Hugging Face hub id or local folder
     max_position_embeddings: Optional[int] = None  # context extension (7B: 4096 -> 32768)
     rope_theta: Optional[float] = None
 
 
-@dataclass(frozen=True)
+@section
 class DataSpec:
     train: str  # dataset name, see fipo.data.DATASETS
     val: list[str]
@@ -78,7 +85,7 @@ class DataSpec:
     gen_batch_size: Optional[int] = None  # prompts per generation batch (dynamic sampling)
 
 
-@dataclass(frozen=True)
+@section
 class RewardSpec:
     manager: str = "dapo"
     overlong_buffer: bool = True  # DAPO overlong reward shaping
@@ -86,7 +93,7 @@ class RewardSpec:
     overlong_penalty: float = 1.0
 
 
-@dataclass(frozen=True)
+@section
 class AlgorithmSpec:
     adv_estimator: str = "grpo"
     norm_adv_by_std: bool = True
@@ -95,7 +102,7 @@ class AlgorithmSpec:
     max_num_gen_batches: int = 10
 
 
-@dataclass(frozen=True)
+@section
 class PolicySpec:
     loss: str  # "vanilla" (DAPO/GRPO) or "fipo"
     lr: float
@@ -113,7 +120,7 @@ class PolicySpec:
     entropy_coeff: float = 0.0
 
 
-@dataclass(frozen=True)
+@section
 class FIPOSpec:
     tau: float = 32.0
     f_clip_range: list[float] = field(default_factory=lambda: [1.0, 1.2])  # [low, high] bounds of f
@@ -129,7 +136,7 @@ class FIPOSpec:
     allow_on_policy: bool = False
 
 
-@dataclass(frozen=True)
+@section
 class RolloutSpec:
     n: int  # group size G
     temperature: float = 1.0
@@ -137,7 +144,7 @@ class RolloutSpec:
     engine: str = "vllm"
 
 
-@dataclass(frozen=True)
+@section
 class ValidationSpec:
     n: int = 32
     temperature: float = 1.0
@@ -146,7 +153,7 @@ class ValidationSpec:
     before_train: bool = True
 
 
-@dataclass(frozen=True)
+@section
 class TrainerSpec:
     total_training_steps: int
     save_freq: int
@@ -165,7 +172,7 @@ class TrainerSpec:
     loggers: list[str] = field(default_factory=lambda: ["console", "file"])
 
 
-@dataclass(frozen=True)
+@section
 class EvaluationSpec:
     """How the pipeline evaluates each run of a preset (``fipo eval``): AIME practice is n = 32 samples per
     problem at temperature 1.0, top-p 0.7 (INTEGRATION.md)."""
@@ -182,7 +189,7 @@ class EvaluationSpec:
     cons_unanswered: str = "vote"  # Cons@n: samples without an answer vote as one class (verl's maj@N) or abstain
 
 
-@dataclass(frozen=True)
+@section
 class ReleasedSpec:
     """A checkpoint the paper's authors released (a preset's ``released:`` section). The pipeline's ``released``
     target evaluates it with the preset's evaluation settings and writes it beside the paper's numbers, so that
@@ -201,7 +208,7 @@ EVAL_CHOICES = {"benchmarks": BENCHMARKS, "checkpoint": SELECTIONS, "backend": B
                 "cons_unanswered": UNANSWERED_RULES}
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Experiment:
     preset: str
     name: str
@@ -486,7 +493,7 @@ def _note_origins(origins: dict, current: dict, update: dict, layer: str, prefix
         origins.update(dict.fromkeys(_leaf_paths(value, path), layer))
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Origins:
     """Which layer wrote each leaf of a merged spec last: the merged values alone cannot say whether a bad
     fipo.tau came from the preset's defaults or from one experiment, and that is what the user must edit."""
@@ -537,74 +544,46 @@ def merge_layers(layers: list[tuple[str, dict]], where: str, config_dir: Path = 
 # ------------------------------------------------------------------------------------------ validation
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)  # YAML's true is not 1
-
-
-# scalar type -> (accepts, what the error says was expected, conversion)
-_SCALARS = {
-    bool: (lambda v: isinstance(v, bool), "true/false", bool),
-    int: (lambda v: _is_number(v) and isinstance(v, int), "an integer", int),
-    # Finite only: NaN slips through every field without a range check (weight_decay, grad_clip, rope_theta...)
-    # and inf through every "> 0" one; neither is a setting anyone means to write, and both surface in verl
-    # as a NaN loss or an overflow hours later.
-    float: (lambda v: _is_number(v) and math.isfinite(v), "a finite number", float),
-    str: (lambda v: isinstance(v, str), "a string", str),
+# pydantic's error type -> what the message says was expected (the words this project's errors always used)
+_EXPECTED = {
+    "int_type": "an integer", "float_type": "a finite number", "finite_number": "a finite number",
+    "bool_type": "true/false", "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
 }
-
-
-def _check_type(value: Any, annotation: Any, where: str) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        inner = [a for a in options if a is not type(None)]
-        return _check_type(value, inner[0], where)
-    if origin is list:
-        (item,) = typing.get_args(annotation)
-        if not isinstance(value, list):
-            raise SpecError(f"{where}: expected a list, got {value!r}")
-        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise SpecError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if annotation in _SCALARS:
-        accepts, expected, convert = _SCALARS[annotation]
-        if not accepts(value):
-            raise SpecError(f"{where}: expected {expected}, got {value!r}")
-        return convert(value)
-    raise TypeError(f"unsupported annotation {annotation!r} at {where}")
 
 
 def _no_note(*fields: str) -> str:
     return ""
 
 
+def _key_path(where: str, loc: tuple) -> str:
+    """``where`` and pydantic's error location as the spec writes it: ``fipo.f_clip_range[1]``."""
+    return where + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+
+
 def _build_section(cls: type, values: Any, where: str, note=_no_note):
-    """``note(*fields)`` says where those fields were written (Origins.within), ``note()`` the section."""
+    """The section ``cls`` (a :data:`section` dataclass) from ``values``, or SpecError naming the key, what was
+    expected and where it was written: ``note(*fields)`` says where those fields were written (Origins.within),
+    ``note()`` the section."""
     if not isinstance(values, dict):
         raise SpecError(f"{where}: expected a mapping, got {values!r}{note()}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names, key=str)
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    not_words = sorted((k for k in values if not isinstance(k, str)), key=str)  # YAML allows 1: or true: as keys
+    if not_words:
+        raise SpecError(f"{where}: unknown key(s) {not_words}; allowed: {names}")
+    try:
+        return cls(**values)
+    except pydantic.ValidationError as e:
+        errors = e.errors()
+    unknown = sorted(str(err["loc"][0]) for err in errors if err["type"] == "unexpected_keyword_argument")
     if unknown:
-        raise SpecError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}{note(*unknown)}")
-    missing = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
+        raise SpecError(f"{where}: unknown key(s) {unknown}; allowed: {names}{note(*unknown)}") from None
+    missing = [str(err["loc"][0]) for err in errors if err["type"] == "missing"]
     if missing:
-        raise SpecError(f"{where}: missing required key(s) {missing}")
-    checked = {}
-    for key, value in values.items():
-        try:
-            checked[key] = _check_type(value, hints[key], f"{where}.{key}")
-        except SpecError as e:
-            raise SpecError(f"{e}{note(key)}") from None
-    return cls(**checked)
+        raise SpecError(f"{where}: missing required key(s) {missing}") from None
+    err = errors[0]
+    expected = _EXPECTED.get(err["type"])
+    problem = f"expected {expected}, got {err['input']!r}" if expected else f"{err['msg']}, got {err['input']!r}"
+    raise SpecError(f"{_key_path(where, err['loc'])}: {problem}{note(str(err['loc'][0]))}") from None
 
 
 def _require(ok: bool, where: str, message: str, note: str = "") -> None:
