@@ -24,7 +24,7 @@ from bench_parallel_runs import run_batch
 from bench_startup import ensure_inputs
 
 from fipo.analysis.rollouts import dump_files
-from fipo.analysis.runs import VALIDATION_PATTERN
+from fipo.analysis.runs import validation_accuracy_match
 from fipo.files import read_jsonl
 from fipo.run_folder import read_steps
 
@@ -36,8 +36,7 @@ def batch(path: Path) -> Counter:
 
 def accuracy(data: dict) -> float | None:
     """The step's validation Avg@N (verl's ``val-core/<source>/acc/mean@N``), None where it did not validate."""
-    return next((value for key, value in data.items()
-                 if (m := VALIDATION_PATTERN.match(key)) and m.group("stat") == "mean" and not m.group("tail")), None)
+    return next((value for key, value in data.items() if validation_accuracy_match(key)), None)
 
 
 def compare(run_a: Path, run_b: Path) -> list[tuple[int, bool, int, int, float | None, float | None]]:

@@ -129,12 +129,19 @@ def series(frame: pd.DataFrame, run: str, metric: str) -> pd.Series:
 VALIDATION_PATTERN = re.compile(r"^val-core/(?P<source>[^/]+)/acc/(?P<stat>mean|maj)@(?P<n>\d+)(?P<tail>/mean)?$")
 
 
+def validation_accuracy_match(name: str, stat: str = "mean") -> Optional[re.Match]:
+    """The VALIDATION_PATTERN match of ``name`` if it is verl's validation accuracy of ``stat``: ``mean@N`` (Avg@N)
+    or ``maj@N/mean`` (Cons@N; verl's ``maj@N/std`` and a bare ``maj@N`` are not it); None otherwise."""
+    m = VALIDATION_PATTERN.match(name)
+    return m if m and m.group("stat") == stat and bool(m.group("tail")) == (stat == "maj") else None
+
+
 def validation_metric(frame: pd.DataFrame, run: str, stat: str = "mean", source: Optional[str] = None) -> str:
     """verl's name for a run's validation accuracy: ``val-core/<source>/acc/mean@N`` (Avg@N) or
     ``.../maj@N/mean`` (Cons@N), at the largest N logged. ``source`` defaults to aime2024 when present."""
     names = set(frame.loc[frame["run"] == run, "metric"])
-    found = [(m.group("source"), int(m.group("n")), name) for name in names
-             if (m := VALIDATION_PATTERN.match(name)) and m.group("stat") == stat and bool(m.group("tail")) == (stat == "maj")]
+    found = [(m.group("source"), int(m.group("n")), name)
+             for name in names if (m := validation_accuracy_match(name, stat))]
     if source is not None:
         found = [f for f in found if f[0] == source]
     elif any(f[0] == "aime2024" for f in found):
