@@ -109,10 +109,11 @@ class FIPOLossOutput:
     kept_responses: int = 0  # ... left by the drop rule
 
     def drop_rule_rescale(self, loss_agg_mode: str) -> float:
-        """Factor that turns verl 0.9.1's aggregate over ``loss_mask`` into the official code's normalisation
-        by what the drop rule kept. verl divides a micro-batch's masked sum by the mini-batch's token (or
-        sequence) count, which still includes the dropped responses; the official loss divides by the kept
-        tokens (token-mean) of the micro-batch. 1.0 when nothing was dropped, or for token-sum."""
+        """Factor from a mean over all response tokens (or responses) to the official code's mean over what the
+        drop rule kept: total / kept. Only for an aggregate whose denominator still counts the dropped
+        responses (verl's agg_loss given the trainer's global batch info); an aggregate that divides by the
+        count of ``loss_mask`` already divides by the kept ones and needs no factor (fipo.verl_plugin decides).
+        1.0 when nothing was dropped, or for token-sum."""
         if loss_agg_mode == "token-mean":
             kept, total = self.kept_tokens, self.tokens
         elif loss_agg_mode.startswith("seq-mean"):

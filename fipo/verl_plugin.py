@@ -1,6 +1,7 @@
 """The FIPO loss as a verl plugin: registered through the ``verl.plugins`` entry point (pyproject.toml), so a
 plain ``import verl`` in any process — the driver and every Ray worker — registers it. Nothing in verl is
-copied or patched: this module only uses verl's public registry, its config base class and ``agg_loss``.
+copied or patched: this module only uses verl's public registry, its config base class, ``agg_loss`` and
+``masked_sum``.
 
 Select it with::
 
@@ -23,10 +24,11 @@ from typing import Any, Optional
 
 import torch
 from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss
+from verl.utils.torch_functional import masked_sum
 from verl.workers.config import PolicyLossConfig
 
 from fipo.integrations import verl_micro_batch
-from fipo.loss import FIPOParams, fipo_policy_loss
+from fipo.loss import FIPOLossOutput, FIPOParams, fipo_policy_loss
 from fipo.token_dump import TokenDumper
 
 __all__ = [
@@ -139,12 +141,7 @@ def compute_policy_loss_fipo(
     out = fipo_policy_loss(
         old_log_prob, log_prob, advantages, response_mask, params_from_actor_config(config), rollout_is_weights
     )
-    loss = agg_loss(
-        loss_mat=out.loss_mat, loss_mask=out.loss_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
-    )
-    rescale = out.drop_rule_rescale(loss_agg_mode)
-    if rescale != 1.0:
-        loss = loss * rescale
+    loss = _aggregate(out, loss_agg_mode, config.global_batch_info)
     dumper = _dumper(config.policy_loss)
     if dumper is not None:
         dumper.maybe_dump(
@@ -156,6 +153,39 @@ def compute_policy_loss_fipo(
             mask=out.loss_mask,
         )
     return loss, out.metrics
+
+
+# agg_loss's key for the denominator of each mode that has one; without it agg_loss counts the loss mask itself.
+_DENOMINATOR_KEYS = {
+    "token-mean": "batch_num_tokens",
+    "seq-mean-token-sum": "global_batch_size",
+    "seq-mean-token-sum-norm": "global_batch_size",
+    "seq-mean-token-mean": "global_batch_size",
+}
+
+
+def _denominator_counts_dropped(loss_agg_mode: str, global_batch_info: dict) -> bool:
+    """Whether verl 0.9.1's agg_loss divides by a count that still includes the responses the drop rule removed.
+
+    With the trainer's global batch info it divides by the mini-batch's token (or response) count, taken before
+    the loss ran, so the dropped responses are in it. Without it (the standalone actor config, benchmarks,
+    another trainer) it divides by the count of ``loss_mask``, which the drop rule has already cleared: the
+    denominator is already the kept count, and rescaling it again would divide by the kept count twice."""
+    key = _DENOMINATOR_KEYS.get(loss_agg_mode)
+    return key is not None and global_batch_info.get(key) is not None
+
+
+def _aggregate(out: FIPOLossOutput, loss_agg_mode: str, global_batch_info: dict) -> torch.Tensor:
+    """verl's agg_loss over the kept tokens, normalised by what the drop rule kept as the official code does."""
+    if out.kept_tokens == 0:
+        # Nothing left (an empty micro-batch, or every response dropped): it adds nothing to the loss, as in the
+        # official code. agg_loss would divide 0 by a local count of 0 here, and a NaN loss poisons every
+        # gradient of the step. The masked sum is that zero, still attached to the graph.
+        return masked_sum(out.loss_mat, out.loss_mask)
+    loss = agg_loss(loss_mat=out.loss_mat, loss_mask=out.loss_mask, loss_agg_mode=loss_agg_mode, **global_batch_info)
+    if _denominator_counts_dropped(loss_agg_mode, global_batch_info):
+        loss = loss * out.drop_rule_rescale(loss_agg_mode)
+    return loss
 
 
 for _name in LOSS_NAMES:

@@ -8,9 +8,12 @@ on), the official behaviour is what is restated, and this loss is configured to 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fipo.future_kl import future_kl_reference
 from fipo.loss import METRIC_NAMES, FIPOParams, fipo_policy_loss
@@ -23,9 +26,9 @@ OFFICIAL_SETTINGS = [
 ]
 
 
-def official_float64(old, log_prob, adv, mask, *, tau, f_clip_low, f_clip_high, clip_ratio_c, safety_threshold,
-                     clip_low=0.2, clip_high=0.28):  # fmt: skip
-    """The official loss (token-mean over the kept tokens of one micro-batch) and its metrics, in float64."""
+def official_terms(old, log_prob, adv, mask, *, tau, f_clip_low, f_clip_high, clip_ratio_c, safety_threshold,
+                   clip_low=0.2, clip_high=0.28, drop=True):  # fmt: skip
+    """The official per-token quantities in float64; ``drop``: its multi-dual-clip drop rule (always on there)."""
     old, log_prob, adv = old.double(), log_prob.double(), adv.double()
     on = mask.bool()
     delta = (log_prob - old).clamp(-20, 20)
@@ -44,7 +47,27 @@ def official_float64(old, log_prob, adv, mask, *, tau, f_clip_low, f_clip_high, 
     l3 = -a * clip_ratio_c
     per_token = torch.where(a < 0, torch.minimum(l3, clipped), clipped)
     dual = (adv < 0) & (clipped > l3) & on
-    kept = on & ~(dual.sum(-1, keepdim=True) > 1)
+    kept = on & ~(dual.sum(-1, keepdim=True) > 1) if drop else on
+    return SimpleNamespace(on=on, delta=delta, ratio=ratio, raw=raw, f=f, l1=l1, l2=l2, dual=dual,
+                           per_token=per_token, kept=kept, lower=lower, upper=upper)  # fmt: skip
+
+
+def kept_token_mean(terms):
+    """The official aggregation: token-mean over the kept tokens of one micro-batch, 0 when none is kept."""
+    return (terms.per_token * terms.kept).sum() / terms.kept.sum().clamp(min=1)
+
+
+def official_loss_float64(old, log_prob, adv, mask, **settings):
+    """The official loss alone (the metrics below need at least one response token)."""
+    terms = official_terms(old, log_prob, adv, mask, **settings)
+    return kept_token_mean(terms), terms.kept
+
+
+def official_float64(old, log_prob, adv, mask, **settings):
+    """The official loss (token-mean over the kept tokens of one micro-batch) and its metrics, in float64."""
+    t = official_terms(old, log_prob, adv, mask, **settings)
+    on, delta, ratio, raw, f, l1, l2, dual = t.on, t.delta, t.ratio, t.raw, t.f, t.l1, t.l2, t.dual
+    lower, upper, adv, clip_ratio_c = t.lower, t.upper, adv.double(), settings["clip_ratio_c"]
 
     def share(x):
         return (x & on).double().sum() / on.sum()
@@ -83,8 +106,7 @@ def official_float64(old, log_prob, adv, mask, *, tau, f_clip_low, f_clip_high, 
         "actor/pos_mini_frac": share((ratio < 1e-3) & (adv > 0)),
     }
     metrics["actor/IW_overall_clip_ratio"] = metrics["actor/IW_upper_clip_ratio"] + metrics["actor/IW_lower_clip_ratio"]
-    loss = (per_token * kept).sum() / kept.sum().clamp(min=1)
-    return loss, {k: float(v) for k, v in metrics.items()}, kept
+    return kept_token_mean(t), {k: float(v) for k, v in metrics.items()}, t.kept
 
 
 def batch(seed, rows=8, length=48, shift=0.9):
@@ -98,17 +120,53 @@ def batch(seed, rows=8, length=48, shift=0.9):
     return old, log_prob, adv, torch.arange(length)[None, :] < lengths
 
 
-def official_params(settings) -> FIPOParams:
-    return FIPOParams(**settings, safety_mode="clamp", drop_multi_dual_clip=True)
+def official_params(settings, drop=True) -> FIPOParams:
+    return FIPOParams(**settings, safety_mode="clamp", drop_multi_dual_clip=drop)
 
 
-def plugin_config(params: FIPOParams, batch_num_tokens: int, global_batch_size: int):
-    """verl's ActorConfig with the FIPO knobs, and the global batch info verl 0.9.1's ppo_loss sets."""
+def plugin_config(params: FIPOParams, **batch_info):
+    """verl's ActorConfig with the FIPO knobs and ``batch_info`` as its global batch info (none: standalone)."""
     clip_keys = ("clip_ratio_low", "clip_ratio_high", "clip_ratio_c")
     knobs = {k: v for k, v in params.__dict__.items() if k not in clip_keys}
     config = standalone_actor_config(params, policy_loss=FIPOPolicyLossConfig(loss_mode="fipo", **knobs))
-    config.global_batch_info.update(dp_size=1, batch_num_tokens=batch_num_tokens, global_batch_size=global_batch_size)
+    config.global_batch_info.update(batch_info)
     return config
+
+
+def no_batch_info(mask):
+    """Outside verl's trainer (the standalone actor config, benchmarks, another trainer): no global batch info,
+    so verl's agg_loss divides by what the loss mask keeps."""
+    return {}
+
+
+def trainer_batch_info(mask):
+    """What verl 0.9.1's ppo_loss sets when this micro-batch is the whole mini-batch on one rank: the mini-batch's
+    response tokens and responses, counted before the loss drops any."""
+    return dict(dp_size=1, batch_num_tokens=int(mask.sum()), global_batch_size=mask.shape[0])
+
+
+BATCH_INFO = {"standalone": no_batch_info, "trainer": trainer_batch_info}
+
+
+def plugin_loss(old, log_prob, adv, mask, params, path, mode="token-mean"):
+    """The registered loss through verl's calling convention, with a gradient through ``log_prob``."""
+    log_prob = log_prob.clone().requires_grad_()
+    config = plugin_config(params, **BATCH_INFO[path](mask))
+    loss, metrics = compute_policy_loss_fipo(old, log_prob, adv, mask, mode, config)
+    loss.backward()
+    return loss.detach(), metrics, log_prob.grad
+
+
+def random_case(seed, rows, length, shift, spike_rate, min_length=0):
+    """Random responses; ``spike_rate`` of the tokens get r ~ 50, above any dual-clip bound, so that responses
+    with two or more of them under a negative advantage are dropped. Length 0: a response of padding only."""
+    gen = torch.Generator().manual_seed(seed)
+    old = -torch.rand(rows, length, generator=gen) * 4
+    log_prob = old + torch.randn(rows, length, generator=gen) * shift
+    log_prob += (torch.rand(rows, length, generator=gen) < spike_rate) * math.log(50.0)
+    adv = torch.randn(rows, 1, generator=gen).round(decimals=1).expand(rows, length).clone()
+    lengths = torch.randint(min_length, length + 1, (rows, 1), generator=gen)
+    return old, log_prob, adv, torch.arange(length)[None, :] < lengths
 
 
 @pytest.mark.parametrize("settings", OFFICIAL_SETTINGS)
@@ -144,10 +202,52 @@ def test_is_diagnostics_are_zero_when_a_side_has_no_tokens():
     assert out.metrics["actor/pos_is_median"] == pytest.approx(math.exp(0.1), rel=1e-6)
 
 
+@given(
+    path=st.sampled_from(sorted(BATCH_INFO)),
+    drop=st.booleans(),
+    settings=st.sampled_from(OFFICIAL_SETTINGS),
+    seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(1, 8),
+    length=st.integers(1, 40),
+    shift=st.sampled_from([0.05, 0.5, 1.5]),
+    spike_rate=st.sampled_from([0.0, 0.05, 0.2]),
+)
+def test_plugin_loss_equals_the_official_loss_with_and_without_batch_info(
+    path, drop, settings, seed, rows, length, shift, spike_rate
+):
+    old, log_prob, adv, mask = random_case(seed, rows, length, shift, spike_rate)
+    expected, _ = official_loss_float64(old, log_prob, adv, mask, **settings, drop=drop)
+    loss, _, grad = plugin_loss(old, log_prob, adv, mask, official_params(settings, drop), path)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
+    assert torch.isfinite(grad).all()
+
+
+def two_responses_one_dropped():
+    """Response 0: A = -1 and two tokens at r = 50 > c, both dual-clipped, so the drop rule removes it;
+    response 1: A = 1.335 at r = 1 on all four tokens, a per-token loss of -1.335."""
+    old = torch.zeros(2, 4)
+    log_prob = old.clone()
+    log_prob[0, :2] = math.log(50.0)
+    adv = torch.tensor([[-1.0], [1.335]]).expand(2, 4).clone()
+    return old, log_prob, adv, torch.ones(2, 4, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("path", sorted(BATCH_INFO))
+def test_two_responses_one_dropped_gives_the_token_mean_of_the_other(path):
+    """Standalone, agg_loss already divides by the 4 kept tokens; rescaling that by 8/4 again gave -2.67. With the
+    trainer's 8 tokens it divides by all 8 and the rescale is what makes it -1.335 rather than -0.6675."""
+    old, log_prob, adv, mask = two_responses_one_dropped()
+    params = FIPOParams(drop_multi_dual_clip=True, safety_mode="clamp")
+    expected, kept = official_loss_float64(old, log_prob, adv, mask, **OFFICIAL_SETTINGS[0])
+    assert expected.item() == pytest.approx(-1.335) and not kept[0].any()
+    loss, metrics, _ = plugin_loss(old, log_prob, adv, mask, params, path)
+    assert loss.item() == pytest.approx(-1.335, rel=1e-6)
+    assert metrics["actor/fipo_kept_token_frac"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("path", sorted(BATCH_INFO))
 @pytest.mark.parametrize("settings", OFFICIAL_SETTINGS)
-def test_with_the_drop_rule_the_trainer_loss_equals_the_official_loss(settings):
-    """One micro-batch = the mini-batch (dp 1): verl 0.9.1 hands the loss the mini-batch's token count, which
-    includes the dropped responses; the plugin renormalises to the kept tokens as the official code does."""
+def test_with_one_response_dropped_the_plugin_loss_equals_the_official_loss(path, settings):
     seed = torch.seed() % 2**32
     old, log_prob, adv, mask = batch(seed, rows=6, length=30, shift=0.3)
     # Response 0: negative advantage, three tokens far above the dual-clip bound -> dropped.
@@ -156,23 +256,62 @@ def test_with_the_drop_rule_the_trainer_loss_equals_the_official_loss(settings):
     mask[0, :3] = True
     expected, _, kept = official_float64(old, log_prob, adv, mask, **settings)
     assert not kept[0].any() and kept[1:].any(), "the crafted response must be the only one dropped"
-    config = plugin_config(official_params(settings), int(mask.sum()), mask.shape[0])
-    loss, _ = compute_policy_loss_fipo(old, log_prob, adv, mask, "token-mean", config)
+    loss, _, _ = plugin_loss(old, log_prob, adv, mask, official_params(settings), path)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5), seed
 
 
-def test_the_issue_example_two_responses_one_dropped():
-    """Two responses, the first dropped: the official loss is the token-mean of the second alone."""
-    old = torch.zeros(2, 4)
-    log_prob = old.clone()
-    log_prob[0, :2] = math.log(50.0)  # two dual-clipped tokens in response 0
-    adv = torch.tensor([[-1.0], [1.335]]).expand(2, 4).clone()
-    mask = torch.ones(2, 4, dtype=torch.bool)
-    params = FIPOParams(drop_multi_dual_clip=True, safety_mode="clamp")
-    config = plugin_config(params, batch_num_tokens=8, global_batch_size=2)
-    loss, metrics = compute_policy_loss_fipo(old, log_prob, adv, mask, "token-mean", config)
-    assert loss.item() == pytest.approx(-1.335, rel=1e-6)  # not -0.6675 (divided by all 8 tokens)
-    assert metrics["actor/fipo_kept_token_frac"] == pytest.approx(0.5)
+def edge_case(name):
+    """Fresh random log-probs and advantages, shaped as the named corner of the input space."""
+    old, log_prob, adv, mask = random_case(torch.seed() % 2**32, rows=4, length=12, shift=0.5, spike_rate=0.0)
+    spiked = log_prob.clone()
+    spiked[:, :3] = old[:, :3] + math.log(50.0)  # three dual-clipped tokens wherever A < 0
+    if name == "all dropped":
+        return old, spiked, -adv.abs() - 0.1, torch.ones_like(mask)
+    if name == "one response, dropped":
+        return old[:1], spiked[:1], -adv[:1].abs() - 0.1, torch.ones_like(mask[:1])
+    if name == "one response, kept":
+        return old[:1], log_prob[:1], adv[:1], torch.ones_like(mask[:1])
+    if name == "length-1 responses":  # one token cannot be dual-clipped twice: nothing is ever dropped
+        return old, spiked, -adv.abs() - 0.1, (torch.arange(12)[None, :] < 1).expand(4, 12)
+    if name == "padding-only responses among dropped ones":
+        mask[:2], mask[2:] = True, False
+        return old, spiked, -adv.abs() - 0.1, mask
+    assert name == "empty mask"
+    return old, spiked, adv, torch.zeros_like(mask)
+
+
+EDGE_CASES = ["all dropped", "one response, dropped", "one response, kept", "length-1 responses",
+              "padding-only responses among dropped ones", "empty mask"]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", sorted(BATCH_INFO))
+@pytest.mark.parametrize("drop", [True, False])
+@pytest.mark.parametrize("name", EDGE_CASES)
+def test_edge_cases_equal_the_official_loss_with_a_finite_gradient(path, drop, name):
+    settings = OFFICIAL_SETTINGS[1]
+    old, log_prob, adv, mask = edge_case(name)
+    expected, _ = official_loss_float64(old, log_prob, adv, mask, **settings, drop=drop)
+    loss, _, grad = plugin_loss(old, log_prob, adv, mask, official_params(settings, drop), path)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+    assert torch.isfinite(grad).all()
+    if not mask.any() or (drop and name.startswith(("all", "one response, dropped", "padding"))):
+        assert loss.item() == 0.0 and torch.all(grad == 0)  # nothing kept: no contribution, not 0/0
+
+
+AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+@given(mode=st.sampled_from(AGG_MODES), seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 6),
+       spike_rate=st.sampled_from([0.05, 0.2]))  # fmt: skip
+def test_both_paths_give_the_same_loss_in_every_aggregation_mode(mode, seed, rows, spike_rate):
+    """When the batch info describes just this micro-batch, the trainer path (denominator counts the dropped
+    responses, then the rescale) and the standalone path (denominator counts only the kept ones) agree."""
+    old, log_prob, adv, mask = random_case(seed, rows, 24, 0.5, spike_rate, min_length=1)
+    params = official_params(OFFICIAL_SETTINGS[1])
+    standalone, _, grad_s = plugin_loss(old, log_prob, adv, mask, params, "standalone", mode)
+    trainer, _, grad_t = plugin_loss(old, log_prob, adv, mask, params, "trainer", mode)
+    assert standalone.item() == pytest.approx(trainer.item(), rel=1e-5, abs=1e-6)
+    assert torch.allclose(grad_s, grad_t, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("mode", ["token-sum", "seq-mean-token-mean", "seq-mean-token-sum"])
