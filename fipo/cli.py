@@ -20,7 +20,7 @@ from fipo.eval.models import hub_snapshot, resolve_model
 from fipo.eval.runner import ON_CHANGE
 from fipo.eval.sampling import BACKENDS
 from fipo.eval.scoring import SCORERS
-from fipo.experiment import SpecError, list_experiments, list_presets, load_experiment, with_seed
+from fipo.experiment import SpecError, list_experiments, list_presets, load_experiment, with_overrides, with_seed
 from fipo import training
 from fipo.files import write_text_atomic
 from fipo.analysis.errors import AnalysisError
@@ -45,13 +45,14 @@ def cmd_presets(args) -> int:
 
 
 def cmd_train(args) -> int:
-    exp = with_seed(load_experiment(args.preset, args.experiment), args.seed, args.study)
+    # The overrides are applied to the spec and checked like it: what verl gets is what every rule and the
+    # fingerprint saw (fipo.experiment.with_overrides).
+    exp = with_overrides(with_seed(load_experiment(args.preset, args.experiment), args.seed, args.study),
+                         args.override or [])
     # Absolute paths: Ray workers do not share the launching shell's working directory.
     results_dir, data_dir = absolute_path(args.results_dir), absolute_path(args.data_dir)
     run = run_folder(results_dir, args.preset, args.experiment, args.seed, args.study)
-    extra = args.override or []
-    overrides = verl_overrides(exp, data_dir=data_dir, run=run, results_dir=results_dir,
-                               ray_address=args.ray_address) + extra
+    overrides = verl_overrides(exp, data_dir=data_dir, run=run, results_dir=results_dir, ray_address=args.ray_address)
     if args.dry_run:
         print(command_line(overrides))
         env = verl_environment(run, exp)
@@ -61,7 +62,7 @@ def cmd_train(args) -> int:
     data_mod.require_datasets(datasets, data_dir)
     require_model(exp, results_dir)
     provenance = run_provenance(
-        exp, portable_overrides(exp, extra), extra, {name: data_mod.dataset_path(name, data_dir) for name in datasets},
+        exp, portable_overrides(exp), {name: data_mod.dataset_path(name, data_dir) for name in datasets},
         model_identity(exp, results_dir), project_version(),
     )
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -69,10 +70,17 @@ def cmd_train(args) -> int:
     with run.lock(f"fipo train --preset {args.preset} --experiment {args.experiment}{seed}") as lock_fd:
         outcome = run.claim(provenance, log=log)
         log(f"[fipo] {exp.run_id}: fingerprint {short(provenance['fingerprint'])} ({outcome})")
+        finished = run.completion(provenance["fingerprint"]) if outcome == "resume" else None
+        if finished is not None:  # verl would resume from its last checkpoint and train past the end
+            log(f"[fipo] {exp.run_id}: already trained to step {finished.get('last_step')} with this fingerprint; "
+                "nothing to train")
+            if args.record:
+                write_text_atomic(args.record, json.dumps(finished, indent=2) + "\n")
+            return 0
         start = time.time()
         code = training.run_training(exp, run, overrides, timeout_s=args.timeout or exp.trainer.timeout_s,
                                      lock_fd=lock_fd)
-        if code == 0 and args.record:
+        if code == 0:
             run.write_record(args.record, provenance, command_line(overrides), wall_s=time.time() - start)
     return code
 
@@ -208,8 +216,8 @@ def non_negative_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    if not 0 <= value < 2**32:  # the seeds numpy and verl take
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer below 2**32, got {text!r}")
     return value
 
 

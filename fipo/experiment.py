@@ -19,12 +19,14 @@ import re
 from dataclasses import field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import pydantic
 import yaml
 
 from fipo.data import DATASETS
+from fipo.verl_keys import refusal, spec_key
+from fipo.determines import CONVERT, EVALUATE, NOTHING, REPORT, SCOPE, TRAIN
 from fipo.eval import BENCHMARKS
 from fipo.eval.checkpoints import SELECTIONS
 from fipo.eval.sampling import BACKENDS
@@ -48,11 +50,19 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 FAMILY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+# A run folder's name is <experiment>@study-seed<N> and its lock file .<that>.lock: 100 characters leave room
+# under the 255 bytes a file name may have, with the paths Snakemake's logs and benchmarks add.
+MAX_NAME_LENGTH = 100
+
+
 def check_name(kind: str, name: Any, where: str, pattern: re.Pattern = NAME_PATTERN) -> str:
-    """``name`` if it matches ``pattern`` (NAME_PATTERN unless told), else SpecError naming ``where``, the name
-    and the pattern. fullmatch, not match: ``$`` alone would let a trailing newline through."""
+    """``name`` if it matches ``pattern`` (NAME_PATTERN unless told) and is at most MAX_NAME_LENGTH characters,
+    else SpecError naming ``where``, the name and the rule. fullmatch, not match: ``$`` alone would let a
+    trailing newline through."""
     if not isinstance(name, str) or not pattern.fullmatch(name):
         raise SpecError(f"{where}: {kind} name {name!r} is not allowed; names must match {pattern.pattern}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise SpecError(f"{where}: {kind} name {name[:20]}... is {len(name)} characters; at most {MAX_NAME_LENGTH}")
     return name
 
 
@@ -70,106 +80,109 @@ section = partial(pydantic.dataclasses.dataclass, frozen=True, config=SECTION_CO
 
 @section
 class ModelSpec:
-    path: str  # Hugging Face hub id or local folder
-    max_position_embeddings: Optional[int] = None  # context extension (7B: 4096 -> 32768)
-    rope_theta: Optional[float] = None
+    path: Annotated[str, TRAIN]  # Hugging Face hub id or local folder
+    max_position_embeddings: Annotated[Optional[int], TRAIN] = None  # context extension (7B: 4096 -> 32768)
+    rope_theta: Annotated[Optional[float], TRAIN] = None
 
 
 @section
 class DataSpec:
-    train: str  # dataset name, see fipo.data.DATASETS
-    val: list[str]
-    max_prompt_length: int
-    max_response_length: int
-    train_batch_size: int  # prompts per training step
-    gen_batch_size: Optional[int] = None  # prompts per generation batch (dynamic sampling)
+    train: Annotated[str, TRAIN]  # dataset name, see fipo.data.DATASETS
+    val: Annotated[list[str], TRAIN]
+    max_prompt_length: Annotated[int, TRAIN]
+    max_response_length: Annotated[int, TRAIN]
+    train_batch_size: Annotated[int, TRAIN]  # prompts per training step
+    gen_batch_size: Annotated[Optional[int], TRAIN] = None  # prompts per generation batch (dynamic sampling)
 
 
 @section
 class RewardSpec:
-    manager: str = "dapo"
-    overlong_buffer: bool = True  # DAPO overlong reward shaping
-    overlong_buffer_len: int = 4096
-    overlong_penalty: float = 1.0
+    manager: Annotated[str, TRAIN] = "dapo"
+    overlong_buffer: Annotated[bool, TRAIN] = True  # DAPO overlong reward shaping
+    overlong_buffer_len: Annotated[int, TRAIN] = 4096
+    overlong_penalty: Annotated[float, TRAIN] = 1.0
 
 
 @section
 class AlgorithmSpec:
-    adv_estimator: str = "grpo"
-    norm_adv_by_std: bool = True
-    filter_groups: bool = True  # DAPO dynamic sampling
-    filter_metric: str = "acc"
-    max_num_gen_batches: int = 10
+    adv_estimator: Annotated[str, TRAIN] = "grpo"
+    norm_adv_by_std: Annotated[bool, TRAIN] = True
+    filter_groups: Annotated[bool, TRAIN] = True  # DAPO dynamic sampling
+    filter_metric: Annotated[str, TRAIN] = "acc"
+    max_num_gen_batches: Annotated[int, TRAIN] = 10
 
 
 @section
 class PolicySpec:
-    loss: str  # "vanilla" (DAPO/GRPO) or "fipo"
-    lr: float
-    lr_warmup_steps: int
-    weight_decay: float
-    grad_clip: float
-    ppo_mini_batch_size: int  # prompts per PPO update
-    clip_ratio_low: float
-    clip_ratio_high: float
-    clip_ratio_c: float
-    loss_agg_mode: str
-    ppo_epochs: int = 1
-    lr_scheduler: str = "constant"
-    kl_loss_coef: float = 0.0  # 0: no KL loss (DAPO, FIPO)
-    entropy_coeff: float = 0.0
+    loss: Annotated[str, TRAIN]  # "vanilla" (DAPO/GRPO) or "fipo"
+    lr: Annotated[float, TRAIN]
+    lr_warmup_steps: Annotated[int, TRAIN]
+    weight_decay: Annotated[float, TRAIN]
+    grad_clip: Annotated[float, TRAIN]
+    ppo_mini_batch_size: Annotated[int, TRAIN]  # prompts per PPO update
+    clip_ratio_low: Annotated[float, TRAIN]
+    clip_ratio_high: Annotated[float, TRAIN]
+    clip_ratio_c: Annotated[float, TRAIN]
+    loss_agg_mode: Annotated[str, TRAIN]
+    ppo_epochs: Annotated[int, TRAIN] = 1
+    lr_scheduler: Annotated[str, TRAIN] = "constant"
+    kl_loss_coef: Annotated[float, TRAIN] = 0.0  # 0: no KL loss (DAPO, FIPO)
+    entropy_coeff: Annotated[float, TRAIN] = 0.0
 
 
 @section
 class FIPOSpec:
-    tau: float = 32.0
-    f_clip_range: list[float] = field(default_factory=lambda: [1.0, 1.2])  # [low, high] bounds of f
-    filter_ratio: bool = True
-    filter_threshold: Optional[float] = None  # None: the dual-clip constant c
-    safety_threshold: float = 10.0
-    safety_mode: str = "reset"
-    drop_multi_dual_clip: bool = False
-    chunk_size: int = 32
-    dump_every: int = 0  # per-token dumps every N loss calls per worker (0: off)
+    tau: Annotated[float, TRAIN] = 32.0
+    # [low, high] bounds of f
+    f_clip_range: Annotated[list[float], TRAIN] = field(default_factory=lambda: [1.0, 1.2])
+    filter_ratio: Annotated[bool, TRAIN] = True
+    filter_threshold: Annotated[Optional[float], TRAIN] = None  # None: the dual-clip constant c
+    safety_threshold: Annotated[float, TRAIN] = 10.0
+    safety_mode: Annotated[str, TRAIN] = "reset"
+    drop_multi_dual_clip: Annotated[bool, TRAIN] = False
+    chunk_size: Annotated[int, TRAIN] = 32
+    dump_every: Annotated[int, TRAIN] = 0  # per-token dumps every N loss calls per worker (0: off)
     # FIPO updated on-policy (one update per rollout batch, or verl's bypass_mode) has f = 1 everywhere: it is
-    # DAPO. Refused unless this says it is meant (a control run, a test of the plumbing).
-    allow_on_policy: bool = False
+    # DAPO. Refused unless this says it is meant (a control run, a test of the plumbing). Decides whether a spec
+    # is accepted, not what a run computes.
+    allow_on_policy: Annotated[bool, NOTHING] = False
 
 
 @section
 class RolloutSpec:
-    n: int  # group size G
-    temperature: float = 1.0
-    top_p: float = 1.0
-    engine: str = "vllm"
+    n: Annotated[int, TRAIN]  # group size G
+    temperature: Annotated[float, TRAIN] = 1.0
+    top_p: Annotated[float, TRAIN] = 1.0
+    engine: Annotated[str, TRAIN] = "vllm"
 
 
 @section
 class ValidationSpec:
-    n: int = 32
-    temperature: float = 1.0
-    top_p: float = 0.7
-    test_freq: int = 5
-    before_train: bool = True
+    n: Annotated[int, TRAIN] = 32
+    temperature: Annotated[float, TRAIN] = 1.0
+    top_p: Annotated[float, TRAIN] = 0.7
+    test_freq: Annotated[int, TRAIN] = 5
+    before_train: Annotated[bool, TRAIN] = True
 
 
 @section
 class TrainerSpec:
-    total_training_steps: int
-    save_freq: int
-    nnodes: int
-    n_gpus_per_node: int
-    seed: int = 42
-    project_name: str = "fipo-workbench"
-    device: str = "cuda"
-    timeout_s: Optional[int] = None  # wall-clock limit of one training attempt
+    total_training_steps: Annotated[int, TRAIN]
+    save_freq: Annotated[int, TRAIN]
+    nnodes: Annotated[int, TRAIN]
+    n_gpus_per_node: Annotated[int, TRAIN]
+    seed: Annotated[int, TRAIN] = 42
+    # verl's tracker project: where the curves also go, not what the run computes
+    project_name: Annotated[str, NOTHING] = "fipo-workbench"
+    device: Annotated[str, TRAIN] = "cuda"
+    timeout_s: Annotated[Optional[int], NOTHING] = None  # wall-clock limit of one training attempt
     # verl's rollout dumps (every response of every step, decoded): the length quantiles of Figures 3 and 8.
     # About 0.3 GB per step at 32B scale (8192 responses of ~10k tokens); false saves the disk.
-    rollout_dump: bool = True
+    rollout_dump: Annotated[bool, TRAIN] = True
     # verl's experiment trackers (trainer.logger), project trainer.project_name, run <preset>-<experiment>. "file"
     # is required: metrics.jsonl is what the figures read. tensorboard writes to the run folder's tensorboard/.
-    # Not part of a run's fingerprint: where the curves also go does not change what the run computes.
-    loggers: list[str] = field(default_factory=lambda: ["console", "file"])
+    # Where the curves also go does not change what the run computes.
+    loggers: Annotated[list[str], NOTHING] = field(default_factory=lambda: ["console", "file"])
 
 
 @section
@@ -177,16 +190,20 @@ class EvaluationSpec:
     """How the pipeline evaluates each run of a preset (``fipo eval``): AIME practice is n = 32 samples per
     problem at temperature 1.0, top-p 0.7 (INTEGRATION.md)."""
 
-    benchmarks: list[str] = field(default_factory=lambda: ["aime2024", "aime2025"])
-    checkpoint: str = "last"  # "last" or "best" (by the validation metric)
-    n: int = 32
-    temperature: float = 1.0
-    top_p: float = 0.7
-    max_tokens: int = 20480
-    backend: str = "vllm"
-    tensor_parallel_size: int = 1
-    scorer: str = "math_dapo"  # fipo.eval.scoring: math_dapo (verl 0.9.1), math_dapo_strict (the official recipe's)
-    cons_unanswered: str = "vote"  # Cons@n: samples without an answer vote as one class (verl's maj@N) or abstain
+    # which evaluations exist: each benchmark is a job of its own, added or dropped, never redone
+    benchmarks: Annotated[list[str], SCOPE] = field(default_factory=lambda: ["aime2024", "aime2025"])
+    checkpoint: Annotated[str, CONVERT] = "last"  # "last" or "best" (by the validation metric)
+    n: Annotated[int, EVALUATE] = 32
+    temperature: Annotated[float, EVALUATE] = 1.0
+    top_p: Annotated[float, EVALUATE] = 0.7
+    max_tokens: Annotated[int, EVALUATE] = 20480
+    backend: Annotated[str, EVALUATE] = "vllm"
+    # vLLM's tensor parallelism changes the order of floating-point sums, so the samples
+    tensor_parallel_size: Annotated[int, EVALUATE] = 1
+    # fipo.eval.scoring: math_dapo (verl 0.9.1), math_dapo_strict (the official recipe's)
+    scorer: Annotated[str, EVALUATE] = "math_dapo"
+    # Cons@n: samples without an answer vote as one class (verl's maj@N) or abstain
+    cons_unanswered: Annotated[str, EVALUATE] = "vote"
 
 
 @section
@@ -195,10 +212,12 @@ class ReleasedSpec:
     target evaluates it with the preset's evaluation settings and writes it beside the paper's numbers, so that
     the evaluation harness can be checked against the paper before anything is trained."""
 
-    model: str  # Hugging Face hub id, owner/name
-    paper_row: str  # the paper's Table 1 row it is compared with (a key of fipo.analysis.paper.TABLE1)
-    revision: str = "main"  # a branch, tag or commit of the hub repository (a commit pins the files)
-    description: str = ""
+    model: Annotated[str, EVALUATE]  # Hugging Face hub id, owner/name
+    # the paper's Table 1 row it is compared with (a key of fipo.analysis.paper.TABLE1)
+    paper_row: Annotated[str, REPORT]
+    # a branch, tag or commit of the hub repository (a commit pins the files)
+    revision: Annotated[str, EVALUATE] = "main"
+    description: Annotated[str, NOTHING] = ""
 
 
 # verl 0.9.1's trackers (verl.utils.tracking.Tracking) that this project passes through and documents
@@ -210,10 +229,11 @@ EVAL_CHOICES = {"benchmarks": BENCHMARKS, "checkpoint": SELECTIONS, "backend": B
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    preset: str
-    name: str
-    method: str
-    description: str
+    # A run's names: its folder and its label, not its content (an experiment renamed is a new run folder).
+    preset: Annotated[str, NOTHING]
+    name: Annotated[str, NOTHING]
+    method: Annotated[str, NOTHING]
+    description: Annotated[str, NOTHING]
     model: ModelSpec
     data: DataSpec
     reward: RewardSpec
@@ -223,7 +243,7 @@ class Experiment:
     rollout: RolloutSpec
     validation: ValidationSpec
     trainer: TrainerSpec
-    engine: dict[str, Any]  # verl keys for parallelism/memory at this scale, passed through as overrides
+    engine: Annotated[dict[str, Any], TRAIN]  # verl keys for parallelism/memory at this scale, passed through as overrides
 
     @property
     def run_id(self) -> str:
@@ -296,25 +316,35 @@ class _DuplicateKey(Exception):
 
 
 class _SpecLoader(yaml.SafeLoader):
-    """safe_load that refuses a key written twice in one mapping. PyYAML keeps the last one silently: an
-    experiment defined twice trained with the second body under the first one's label."""
+    """safe_load that refuses a key written twice in one mapping (PyYAML keeps the last one silently: an
+    experiment defined twice trained with the second body under the first one's label), two ``<<:`` merge keys in
+    one mapping (the same, for what they merge), and a key YAML reads as something other than a string (``no:``
+    is False, ``123:`` a number: never a name or a setting)."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
+        merges = []
         for key_node, _ in node.value:
+            line = key_node.start_mark.line + 1
             if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' may appear next to overrides
+                merges.append(line)
+                if len(merges) > 1:
+                    raise _DuplicateKey("<<", line, merges[0])
                 continue
             key = self.construct_object(key_node, deep=True)
-            marker = (type(key), key)  # 1 and true are equal in Python, not in YAML
-            try:
-                first = seen.get(marker)
-            except TypeError:  # an unhashable key: the base class reports it
-                continue
-            line = key_node.start_mark.line + 1
+            if not isinstance(key, str):
+                raise _NotAString(getattr(key_node, "value", key), key, line)
+            first = seen.get(key)
             if first is not None:
                 raise _DuplicateKey(key, line, first)
-            seen[marker] = line
+            seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+class _NotAString(Exception):
+    def __init__(self, written: Any, read: Any, line: int):
+        super().__init__(written, read, line)
+        self.written, self.read, self.line = written, read, line
 
 
 def _read_yaml(path: Path) -> dict:
@@ -326,6 +356,11 @@ def _read_yaml(path: Path) -> dict:
         raise SpecError(
             f"{_show(path)}:{e.line}: duplicate key {e.key!r} (first written at line {e.first}); "
             "YAML would keep only the last one, so remove or rename one of them"
+        ) from None
+    except _NotAString as e:
+        raise SpecError(
+            f"{_show(path)}:{e.line}: key {e.written!r} is read by YAML as {e.read!r} ({type(e.read).__name__}), not "
+            f"a name; quote it ('{e.written}')"
         ) from None
     except yaml.YAMLError as e:
         raise SpecError(f"{_show(path)}: not valid YAML: {e}") from None
@@ -655,6 +690,11 @@ def _validate_values(exp: Experiment, where: str, origins: Optional[Origins] = N
     for key in ("temperature", "top_p"):
         need(getattr(exp.rollout, key) > 0, f"rollout.{key}", "must be > 0")
         need(getattr(exp.validation, key) > 0, f"validation.{key}", "must be > 0")
+    for section in ("rollout", "validation"):
+        top_p = getattr(exp, section).top_p
+        need(top_p <= 1, f"{section}.top_p", f"a probability mass must be in (0, 1], got {top_p}")
+    # numpy's and verl's generators take seeds in [0, 2**32)
+    need(0 <= exp.trainer.seed < SEED_LIMIT, "trainer.seed", f"must be in [0, 2**32), got {exp.trainer.seed}")
     need(exp.validation.n >= 1, "validation.n", "must be >= 1")
     # verl reads test_freq <= 0 as "never validate" (no validation curve, no best checkpoint) and
     # save_freq <= 0 as "never save" (nothing to convert after the whole training): both are mistakes here.
@@ -684,6 +724,8 @@ def _validate_values(exp: Experiment, where: str, origins: Optional[Origins] = N
         except ValueError as e:
             raise SpecError(f"{where}: {e}") from None
 
+
+SEED_LIMIT = 2**32
 
 ON_POLICY_HINT = ("; set fipo.allow_on_policy: true to run it anyway (e.g. as a control that must equal DAPO)")
 
@@ -715,8 +757,8 @@ def with_seed(exp: Experiment, seed: int | None, study: bool = False) -> Experim
     run's trackers and logs tell seeds apart. ``None``: ``exp`` itself, at the spec's seed."""
     if seed is None:
         return exp
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SpecError(f"seed: must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise SpecError(f"seed: must be a non-negative integer below 2**32, got {seed!r}")
     from fipo.run_folder import run_name
 
     return dataclasses.replace(exp, name=run_name(exp.name, seed, study), trainer=dataclasses.replace(exp.trainer, seed=seed))
@@ -742,25 +784,77 @@ def load_experiment(preset: str, name: str, config_dir: Path = CONFIG_DIR) -> Ex
     engine = merged.get("engine") or {}
     note = origins.note("engine")
     _require(isinstance(engine, dict), f"{where}: engine", f"expected a mapping, got {engine!r}", note)
+    engine = flatten(engine)
+    for key in engine:
+        _require(spec_key(key) is None, f"{where}: engine.{key}",
+                 f"the spec's {spec_key(key)} writes this verl key; set {spec_key(key)} instead", note)
+        _require(refusal(key) is None, f"{where}: engine.{key}", f"this verl key {refusal(key)}", note)
     chain = _experiment_chain(_load_preset(preset, config_dir), preset, name)
     exp = Experiment(
         preset=preset,
         name=name,
         method=next(entry["method"] for _, entry in reversed(chain) if "method" in entry),
         description=chain[-1][1].get("description", ""),
-        engine=_flatten(engine),
+        engine=engine,
         **sections,
     )
     _validate_values(exp, where, origins)
     return exp
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def parse_override(text: Any, source: str = "--override") -> tuple[str, Any]:
+    """(key as written, value) of one Hydra override ``key=value``, read with Hydra's own parser (what verl
+    will read); SpecError naming ``source`` for anything else (no '=', a sweep, a deletion)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    if not isinstance(text, str) or "=" not in text:
+        raise SpecError(f"{source} {text!r}: expected KEY=VALUE (a verl Hydra override)")
+    try:
+        override = OverridesParser.create().parse_override(text)
+    except HydraException as e:
+        raise SpecError(f"{source} {text!r}: not a Hydra override: {e}") from None
+    if override.is_sweep_override() or override.type == OverrideType.DEL:
+        raise SpecError(f"{source} {text!r}: sweeps and deletions are not runs of one experiment; set a value")
+    return override.get_key_element(), override.value()
+
+
+def with_overrides(exp: Experiment, overrides: list[str] | tuple[str, ...], source: str = "--override") -> Experiment:
+    """``exp`` with verl Hydra overrides applied the way verl would read them, then checked like the spec: an
+    override of a key the spec writes (fipo.verl_keys.SPEC_KEYS, e.g. trainer.total_training_steps) sets that
+    spec key; one of a key the spec computes or the workbench fixes is refused, naming what to set instead; any
+    other key joins ``engine``. So every rule (types, ranges, the on-policy trap) and every fingerprint sees
+    what verl gets, and nothing overrides a checked value behind the spec's back."""
+    if not overrides:
+        return exp
+    sections = {name: {f.name: getattr(getattr(exp, name), f.name) for f in dataclasses.fields(cls)}
+                for name, cls in SECTIONS.items()}
+    engine = dict(exp.engine)
+    for text in overrides:
+        key, value = parse_override(text, source)
+        owner = spec_key(key)
+        if owner is not None:
+            section_name, field_name = owner.split(".")
+            sections[section_name][field_name] = value
+        elif refusal(key) is not None:
+            raise SpecError(f"{source} {text!r}: this verl key {refusal(key)}")
+        else:
+            engine[key] = value
+    where = f"preset {exp.preset!r}, experiment {exp.name!r} with {source} {list(overrides)}"
+    built = {name: _build_section(cls, sections[name], f"{where}: {name}") for name, cls in SECTIONS.items()}
+    result = dataclasses.replace(exp, engine=engine, **built)
+    _validate_values(result, where)
+    return result
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {dotted key: leaf} (a ``+`` key adds a whole node, so its value stays whole)."""
     out = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and value and not dotted.startswith("+"):  # a '+' key adds a whole node
-            out.update(_flatten(value, dotted + "."))
+            out.update(flatten(value, dotted + "."))
         else:
             out[dotted] = value
     return out

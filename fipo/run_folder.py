@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterator
 
 from fipo.code_digest import code_digest
+from fipo.determines import TRAIN, material
 from fipo.files import MalformedLineError, read_jsonl, write_text_atomic
 from fipo.integrations.cpu_run import CPU_SUPPORT_MODULE
 from fipo.provenance import digest_of, library_versions, short
@@ -44,6 +45,7 @@ from fipo.provenance import digest_of, library_versions, short
 ATTEMPT_PATTERN = re.compile(r"^metrics\.attempt-(\d+)\.jsonl$")
 PROVENANCE_FILE = "provenance.json"
 RECORD_FILE = "run.json"
+COMPLETED_FILE = "completed.json"
 LOGGED_STEP_MARKER = "timing_s/step"  # verl logs it with every trained step's metrics
 
 
@@ -93,6 +95,12 @@ class RunFolder:
     @property
     def record(self) -> Path:
         return self.run_dir / RECORD_FILE
+
+    @property
+    def completed(self) -> Path:
+        """The completion record kept inside the folder: a pipeline removes its ``run.json`` before it reruns a
+        job, and this one still says the run is finished (so it is not trained past its end)."""
+        return self.run_dir / COMPLETED_FILE
 
     @property
     def lock_path(self) -> Path:
@@ -236,14 +244,25 @@ class RunFolder:
     # ---------------------------------------------------------------------------------- record
 
     def write_record(self, path, provenance: dict, command: str, wall_s: float) -> Path:
-        """The completion record of a finished run (the pipeline's ``run.json``), written atomically and only
-        after verl exited 0: its presence means the run is complete."""
+        """The completion record of a finished run, written atomically and only after verl exited 0, to
+        :attr:`completed` and to ``path`` (the pipeline's ``run.json``; default :attr:`record`): its presence means
+        the run is complete."""
         steps = read_steps(self.metrics) if self.metrics.is_file() else {}
         record = {"preset": provenance["preset"], "experiment": provenance["experiment"],
                   "fingerprint": provenance["fingerprint"], "spec_fingerprint": provenance["spec_fingerprint"],
                   "project_version": provenance["project_version"], "steps_logged": len(steps),
                   "last_step": max(steps, default=None), "wall_s": round(wall_s, 1), "command": command}
-        return write_text_atomic(path or self.record, json.dumps(record, indent=2) + "\n")
+        text = json.dumps(record, indent=2) + "\n"
+        write_text_atomic(self.completed, text)
+        return write_text_atomic(path or self.record, text)
+
+    def completion(self, fingerprint: str) -> dict | None:
+        """The completion record of the run with ``fingerprint`` if that run finished here, else None."""
+        try:
+            record = json.loads(self.completed.read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and record.get("fingerprint") == fingerprint else None
 
 
 SEED_MARK = "@seed"  # '@' is not allowed in experiment names (fipo.experiment.NAME_PATTERN): no run name is ambiguous
@@ -313,31 +332,26 @@ def training_code(exp) -> dict[str, str]:
     return {module: code_digest(module) for module in training_code_modules(exp)}
 
 
-def spec_fingerprint(exp, extra_overrides: list[str], version: str) -> str:
-    """Everything the spec says about a run (the resolved experiment, the user's extra overrides, the project
-    version) and the code and libraries that compute it, without reading its inputs: cheap enough for the
-    pipeline's DAG, whose train jobs rerun when it changes (Snakemake's params trigger; changed inputs it sees by
-    itself). The library versions are those of the process that asks: Snakemake's, which is the runs' own
-    environment unless the pipeline runs with --use-conda (then a library upgrade is caught by `fipo train`'s
-    full fingerprint, not by the DAG)."""
-    spec = {k: v for k, v in dataclasses.asdict(exp).items() if k != "description"}  # prose computes nothing
-    spec["fipo"].pop("allow_on_policy", None)  # decides whether a spec is accepted, not what a run computes
-    spec["trainer"].pop("loggers", None)  # where the curves also go, not what the run computes
-    return digest_of({"experiment": spec, "overrides": list(extra_overrides), "project_version": version,
-                      "code": training_code(exp), "libraries": library_versions()})
+def spec_fingerprint(exp, version: str) -> str:
+    """What a run computes, from its spec alone: the settings declared to determine training
+    (fipo.determines.material(exp, TRAIN): overrides are applied to the spec before, fipo.experiment.with_overrides),
+    the project version, and the code and libraries that compute it. Cheap enough for the pipeline's DAG, whose
+    train jobs rerun when it changes (Snakemake's params trigger; changed inputs it sees by itself). The library
+    versions are those of the process that asks: Snakemake's, which is the runs' own environment unless the
+    pipeline runs with --use-conda (then a library upgrade is caught by `fipo train`'s full fingerprint)."""
+    return digest_of({"experiment": material(exp, TRAIN), "project_version": version, "code": training_code(exp),
+                      "libraries": library_versions()})
 
 
-def run_provenance(exp, portable_overrides: list[str], extra_overrides: list[str], data_files: dict[str, Path],
-                   model: dict, version: str) -> dict:
-    """What identifies a run, and its fingerprint: the verl overrides with machine paths replaced by placeholders
-    (:func:`fipo.verl_command.portable_overrides`, the user's extra overrides included), the data files'
-    content (dataset name -> file), the model (its spec path and, for a local folder, its content digest), the
-    project version, the digests of the project's code that computes the run (:func:`training_code`) and the
-    installed versions of the libraries that do (verl, torch, transformers, vLLM; null where absent)."""
+def run_provenance(exp, portable_overrides: list[str], data_files: dict[str, Path], model: dict, version: str) -> dict:
+    """What identifies a run, and its fingerprint: :func:`spec_fingerprint` (so the DAG and `fipo train` change
+    together), the verl overrides it renders to with machine paths replaced by placeholders
+    (:func:`fipo.verl_command.portable_overrides`: a change to how a spec is rendered), the data files' content
+    (dataset name -> file) and the model (its spec path and, for a local folder, its content digest)."""
     from fipo.provenance import file_digest
 
-    material = {"preset": exp.preset, "experiment": exp.name, "overrides": portable_overrides,
-                "data": {name: file_digest(path) for name, path in sorted(data_files.items())}, "model": model,
-                "project_version": version, "code": training_code(exp), "libraries": library_versions()}
-    return {**material, "spec_fingerprint": spec_fingerprint(exp, extra_overrides, version),
-            "fingerprint": digest_of(material)}
+    material = {"spec_fingerprint": spec_fingerprint(exp, version), "overrides": portable_overrides,
+                "data": {name: file_digest(path) for name, path in sorted(data_files.items())}, "model": model}
+    about = {"preset": exp.preset, "experiment": exp.name, "project_version": version, "code": training_code(exp),
+             "libraries": library_versions()}  # already in the spec fingerprint: shown, not hashed twice
+    return {**about, **material, "fingerprint": digest_of(material)}

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from fipo.data import dataset_path
-from fipo.experiment import Experiment
+from fipo.determines import NOTHING, declarations
+from fipo.experiment import SECTIONS, Experiment
 from fipo.run_folder import RunFolder
+from fipo.verl_keys import POLICY_LOSS, SPEC_KEYS
 
 VERL_ENTRY = ("python", "-m", "verl.trainer.main_ppo")
 FIPO_CONFIG_TARGET = "fipo.verl_plugin.FIPOPolicyLossConfig"
-POLICY_LOSS = "actor_rollout_ref.actor.policy_loss"
 
 
 # Written bare only when Hydra reads it back as this very string (not a number, bool, null or interpolation).
@@ -79,15 +80,24 @@ def render(items: list[tuple[str, Any]]) -> list[str]:
 
 # Where a run lies and which Ray cluster it joins do not change what it computes: kept out of its fingerprint.
 MACHINE_KEYS = ("+ray_kwargs.ray_init.address",)
-# Where a run's curves also go does not change what it computes: its identity always records verl's default pair,
-# whatever trackers are chosen (which also keeps the fingerprints of runs made before trackers were selectable).
-IDENTITY_LOGGERS = ["console", "file"]
 
 
-def portable_overrides(exp: Experiment, extra: list[str] = ()) -> list[str]:
-    """The overrides with the run, results and data folders as ``${run_dir}``, ``${results_dir}``, ``${data_dir}``:
-    what identifies a run wherever it lies (fipo.run_folder.run_provenance). ``extra``: the user's own
-    overrides (``--override``), which are part of what the run computes."""
+def spec_stage(key: str) -> str:
+    """The stage a dotted spec key determines (fipo.determines)."""
+    section, field = key.split(".")
+    return declarations(SECTIONS[section])[field]
+
+
+# Rendered keys whose spec key determines nothing a run computes (fipo.determines: trackers, their project), and
+# the run's name: in a run's identity as a placeholder, so that changing them keeps the run.
+UNCOMPUTED_KEYS = ("trainer.experiment_name",
+                   *(key for key, spec in SPEC_KEYS.items() if spec_stage(spec) == NOTHING))
+
+
+def portable_overrides(exp: Experiment) -> list[str]:
+    """The overrides with the run, results and data folders as ``${run_dir}``, ``${results_dir}``, ``${data_dir}``
+    and the values of :data:`UNCOMPUTED_KEYS` as ``${uncomputed}``: what identifies a run wherever it lies
+    (fipo.run_folder.run_provenance)."""
     folders = {"run": "/@run_dir@", "results": "/@results_dir@", "data": "/@data_dir@"}
     items = verl_items(exp, data_dir=Path(folders["data"]), run=RunFolder(Path(folders["run"])),
                        results_dir=Path(folders["results"]))
@@ -101,80 +111,38 @@ def portable_overrides(exp: Experiment, extra: list[str] = ()) -> list[str]:
             return [portable(v) for v in value]
         return value
 
-    items = [(key, IDENTITY_LOGGERS if key == "trainer.logger" else value) for key, value in items]
-    return [f"{key}={portable(value)!r}" for key, value in items if key not in MACHINE_KEYS] + list(extra)
+    items = [(key, "${uncomputed}" if key in UNCOMPUTED_KEYS else value) for key, value in items]
+    return [f"{key}={portable(value)!r}" for key, value in items if key not in MACHINE_KEYS]
+
+
+def spec_value(exp: Experiment, key: str) -> Any:
+    """The value of a dotted spec key (``policy.lr``) of ``exp``."""
+    section, field = key.split(".")
+    return getattr(getattr(exp, section), field)
 
 
 def verl_items(
     exp: Experiment, *, data_dir: Path, run: RunFolder, results_dir: Path = Path("results"), ray_address: str | None = None
 ) -> list[tuple[str, Any]]:
-    """(key, value) of every override, in order."""
+    """(key, value) of every override, in order: the spec's keys (fipo.verl_keys.SPEC_KEYS), the keys computed
+    from them (DERIVED), the workbench's own (FIXED), then the spec's ``engine:`` entries (none of those)."""
     seed = exp.trainer.seed
-    items: list[tuple[str, Any]] = [
-        # algorithm: GRPO advantages, no KL in the reward, DAPO dynamic sampling
-        ("algorithm.adv_estimator", exp.algorithm.adv_estimator),
-        ("algorithm.norm_adv_by_std_in_grpo", exp.algorithm.norm_adv_by_std),
+    items: list[tuple[str, Any]] = [(key, spec_value(exp, spec)) for key, spec in SPEC_KEYS.items()]
+    items += [
         ("algorithm.use_kl_in_reward", False),
-        ("algorithm.filter_groups.enable", exp.algorithm.filter_groups),
-        ("algorithm.filter_groups.metric", exp.algorithm.filter_metric),
-        ("algorithm.filter_groups.max_num_gen_batches", exp.algorithm.max_num_gen_batches),
-        # data
         ("data.train_files", [str(dataset_path(exp.data.train, data_dir))]),
         ("data.val_files", [str(dataset_path(name, data_dir)) for name in exp.data.val]),
         ("data.prompt_key", "prompt"),
-        ("data.max_prompt_length", exp.data.max_prompt_length),
-        ("data.max_response_length", exp.data.max_response_length),
-        ("data.train_batch_size", exp.data.train_batch_size),
-        ("data.gen_batch_size", exp.data.gen_batch_size),
         ("data.truncation", "left"),
         ("data.seed", seed),
-        # model
         ("actor_rollout_ref.model.path", model_path(exp, results_dir)),
-        # actor
-        ("actor_rollout_ref.actor.optim.lr", exp.policy.lr),
-        ("actor_rollout_ref.actor.optim.lr_warmup_steps", exp.policy.lr_warmup_steps),
-        ("actor_rollout_ref.actor.optim.lr_scheduler_type", exp.policy.lr_scheduler),
-        ("actor_rollout_ref.actor.optim.weight_decay", exp.policy.weight_decay),
-        ("actor_rollout_ref.actor.optim.clip_grad", exp.policy.grad_clip),
-        ("actor_rollout_ref.actor.ppo_mini_batch_size", exp.policy.ppo_mini_batch_size),
-        ("actor_rollout_ref.actor.ppo_epochs", exp.policy.ppo_epochs),
-        ("actor_rollout_ref.actor.clip_ratio_low", exp.policy.clip_ratio_low),
-        ("actor_rollout_ref.actor.clip_ratio_high", exp.policy.clip_ratio_high),
-        ("actor_rollout_ref.actor.clip_ratio_c", exp.policy.clip_ratio_c),
-        ("actor_rollout_ref.actor.loss_agg_mode", exp.policy.loss_agg_mode),
         ("actor_rollout_ref.actor.use_kl_loss", exp.policy.kl_loss_coef > 0),
-        ("actor_rollout_ref.actor.kl_loss_coef", exp.policy.kl_loss_coef),
-        ("actor_rollout_ref.actor.entropy_coeff", exp.policy.entropy_coeff),
         ("actor_rollout_ref.actor.data_loader_seed", seed),
-        (f"{POLICY_LOSS}.loss_mode", exp.policy.loss),
-        # rollout (training samples) and validation sampling (AIME: n = 32, temperature 1.0, top-p 0.7)
-        ("actor_rollout_ref.rollout.name", exp.rollout.engine),
-        ("actor_rollout_ref.rollout.n", exp.rollout.n),
-        ("actor_rollout_ref.rollout.temperature", exp.rollout.temperature),
-        ("actor_rollout_ref.rollout.top_p", exp.rollout.top_p),
         ("actor_rollout_ref.rollout.seed", seed),
-        ("actor_rollout_ref.rollout.val_kwargs.n", exp.validation.n),
-        ("actor_rollout_ref.rollout.val_kwargs.temperature", exp.validation.temperature),
-        ("actor_rollout_ref.rollout.val_kwargs.top_p", exp.validation.top_p),
         ("actor_rollout_ref.rollout.val_kwargs.do_sample", True),
-        # reward: rule-based math_dapo scoring with DAPO's overlong shaping
-        ("reward.reward_manager.name", exp.reward.manager),
-        ("+reward.reward_kwargs.overlong_buffer_cfg.enable", exp.reward.overlong_buffer),
-        ("+reward.reward_kwargs.overlong_buffer_cfg.len", exp.reward.overlong_buffer_len),
-        ("+reward.reward_kwargs.overlong_buffer_cfg.penalty_factor", exp.reward.overlong_penalty),
         ("+reward.reward_kwargs.overlong_buffer_cfg.log", False),
         ("+reward.reward_kwargs.max_resp_len", exp.data.max_response_length),
-        # trainer: metrics to console + JSONL (path via VERL_FILE_LOGGER_PATH), checkpoints, resume
-        ("trainer.logger", list(exp.trainer.loggers)),
-        ("trainer.project_name", exp.trainer.project_name),
         ("trainer.experiment_name", exp.run_id),
-        ("trainer.nnodes", exp.trainer.nnodes),
-        ("trainer.n_gpus_per_node", exp.trainer.n_gpus_per_node),
-        ("trainer.device", exp.trainer.device),
-        ("trainer.total_training_steps", exp.trainer.total_training_steps),
-        ("trainer.test_freq", exp.validation.test_freq),
-        ("trainer.val_before_train", exp.validation.before_train),
-        ("trainer.save_freq", exp.trainer.save_freq),
         ("trainer.default_local_dir", str(run.checkpoints)),
         ("trainer.resume_mode", "auto"),
     ]

@@ -99,7 +99,7 @@ def test_a_seed_names_its_own_run_and_sets_every_verl_seed():
     assert "runs/fipo@seed7/metrics.jsonl" in out.stderr  # the environment line: verl's file logger
     plain = fipo("train", "--preset", "tiny", "--experiment", "fipo", "--dry-run")
     assert "data.seed=42" in shlex.split(plain.stdout) and "@seed" not in plain.stdout + plain.stderr
-    for bad in ("-1", "x", "1.5"):
+    for bad in ("-1", "x", "1.5", "4294967296"):
         out = fipo("train", "--preset", "tiny", "--experiment", "fipo", "--seed", bad, "--dry-run")
         assert out.returncode == 2 and "--seed: must be a non-negative integer" in out.stderr, out.stderr
 
@@ -113,7 +113,7 @@ def test_with_seed_changes_the_seed_the_name_and_the_fingerprint():
     one, two = with_seed(exp, 1), with_seed(exp, 2)
     assert (one.name, one.trainer.seed, one.run_id) == ("fipo@seed1", 1, "tiny-fipo@seed1")
     assert one.fipo == exp.fipo and one.policy == exp.policy  # nothing else changes
-    prints = {spec_fingerprint(e, [], "v") for e in (exp, one, two)}
+    prints = {spec_fingerprint(e, "v") for e in (exp, one, two)}
     assert len(prints) == 3
     assert run_name("fipo") == "fipo" and run_name("fipo-tau8", 0) == "fipo-tau8@seed0"
     assert run_folder("r", "tiny", "fipo", 3).run_dir == Path("r/tiny/runs/fipo@seed3")
@@ -121,3 +121,29 @@ def test_with_seed_changes_the_seed_the_name_and_the_fingerprint():
     for bad in (-1, True, 1.0, "1"):
         with pytest.raises(SpecError, match="seed: must be a non-negative integer"):
             with_seed(exp, bad)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.save_freq=0", "trainer.save_freq: must be >= 1, got 0"),
+    ("trainer.total_training_steps=2.0", "trainer.total_training_steps: expected an integer, got 2.0"),
+    ("actor_rollout_ref.actor.ppo_mini_batch_size=64", "policy.ppo_mini_batch_size: must divide"),
+    ("algorithm.rollout_correction.bypass_mode=true", "engine.algorithm.rollout_correction.bypass_mode: is on"),
+    ("data.seed=3", "is computed from the spec's trainer.seed: set that instead"),
+    ("trainer.default_local_dir=/tmp/elsewhere", "is set by the workbench itself"),
+    ("notakeyvalue", "'notakeyvalue': expected KEY=VALUE"),
+    ("~trainer.logger", "expected KEY=VALUE"),
+])
+def test_an_override_is_checked_like_the_spec_by_train_and_doctor(override, message):
+    for command in (["train", "--dry-run"], ["doctor", "--stage", "train"]):
+        out = fipo(*command, "--preset", "tiny", "--experiment", "fipo", "--override", override)
+        assert out.returncode == 2 and message in out.stderr, (command, out.stderr[-2000:])
+
+
+def test_an_override_of_a_spec_key_reaches_verl_as_the_checked_value():
+    out = fipo("train", "--preset", "tiny", "--experiment", "fipo", "--dry-run",
+               "--override", "trainer.total_training_steps=3", "--override", "+trainer.max_actor_ckpt_to_keep=2")
+    words = shlex.split(out.stdout)
+    assert out.returncode == 0, out.stderr
+    assert words.count("trainer.total_training_steps=3") == 1  # one value, the checked one, not a second setting
+    assert not any(w.startswith("trainer.total_training_steps=") and w != "trainer.total_training_steps=3" for w in words)
+    assert "+trainer.max_actor_ckpt_to_keep=2" in words

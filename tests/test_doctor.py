@@ -20,7 +20,7 @@ from fipo.doctor.estimates import (KNOWN_SHAPES, checkpoint_bytes, eval_gpu_byte
                                    training_gpu_bytes)
 from fipo.doctor.needs import kept_checkpoints
 from fipo.doctor.probe import Gpu, Package, ProbeError, RayNode, Torch
-from fipo.experiment import evaluation, load_experiment
+from fipo.experiment import SpecError, evaluation, load_experiment, with_overrides
 
 GIB = 1 << 30
 H100 = Gpu("NVIDIA H100 80GB HBM3", 80 * GIB)
@@ -304,11 +304,13 @@ def test_estimates_are_of_the_right_size():
 
 def test_checkpoints_kept_follow_verl():
     fipo = load_experiment("qwen2.5-32b", "fipo")
-    assert kept_checkpoints(fipo, [])[0] == 200
-    assert kept_checkpoints(fipo, ["trainer.max_actor_ckpt_to_keep=3"])[0] == 3
-    assert kept_checkpoints(fipo, ["trainer.total_training_steps=12"])[0] == 3  # steps 5, 10 and the last, 12
-    with pytest.raises(ValueError, match="trainer.save_freq must be an integer"):
-        kept_checkpoints(fipo, ["trainer.save_freq=often"])
+    assert kept_checkpoints(fipo)[0] == 200
+    assert kept_checkpoints(with_overrides(fipo, ["trainer.max_actor_ckpt_to_keep=3"]))[0] == 3
+    assert kept_checkpoints(with_overrides(fipo, ["trainer.total_training_steps=12"]))[0] == 3  # steps 5, 10, 12
+    with pytest.raises(SpecError, match="trainer.save_freq: expected an integer, got 'often'"):
+        with_overrides(fipo, ["trainer.save_freq=often"])
+    with pytest.raises(ValueError, match="max_actor_ckpt_to_keep must be an integer"):
+        kept_checkpoints(with_overrides(fipo, ["trainer.max_actor_ckpt_to_keep=many"]))
 
 
 def test_the_report_has_one_line_per_check_and_a_fix_under_each_failure(tmp_path, data):

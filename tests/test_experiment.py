@@ -132,7 +132,7 @@ def edit_preset(config_dir: Path, preset: str, edit):
         (lambda d: d["defaults"]["policy"].update(lr=True), "policy.lr: expected a finite number, got True"),
         (lambda d: d["defaults"]["data"].update(val="aime2024"), "data.val: expected a list, got 'aime2024'"),
         (lambda d: d["defaults"]["model"].update(path=7), "model.path: expected a string, got 7"),
-        (lambda d: d["defaults"]["fipo"].update({1: 2}), r"fipo: unknown key\(s\) \[1\]"),
+        (lambda d: d["defaults"]["fipo"].update({1: 2}), r"qwen2.5-32b.yaml:\d+: key '1' is read by YAML as 1 \(int\)"),
         (lambda d: d["defaults"]["data"].pop("train_batch_size"),
          r"missing required key\(s\) \['train_batch_size'\]"),
         (lambda d: d["methods"]["fipo"]["policy"].update(ppo_mini_batch_size=100), "ppo_mini_batch_size.*must divide"),
@@ -199,9 +199,11 @@ BAD_NAMES = ["x`touch PWNED`", "../../../x", "a/b", "-rf", ".hidden", "two words
 @pytest.mark.parametrize("bad", BAD_NAMES)
 def test_bad_experiment_names_are_refused_by_every_entry_point(config_copy, bad):
     edit_preset(config_copy, "tiny", lambda d: d["experiments"].update({bad: d["experiments"].pop("fipo-raw")}))
+    message = (rf"tiny\.yaml: experiments: experiment name {re.escape(repr(bad))} is not allowed; names must match "
+               rf"{re.escape(NAME_PATTERN.pattern)}" if isinstance(bad, str)
+               else rf"tiny\.yaml:\d+: key '{bad}' is read by YAML as {bad} \(int\), not a name")
     for load in (list_experiments, load_all, ablations, evaluation):
-        with pytest.raises(SpecError, match=rf"tiny\.yaml: experiments: experiment name {re.escape(repr(bad))} "
-                                            rf"is not allowed; names must match {re.escape(NAME_PATTERN.pattern)}"):
+        with pytest.raises(SpecError, match=message):
             load("tiny", config_dir=config_copy)
     assert not (Path.cwd() / "PWNED").exists()
 
@@ -375,13 +377,13 @@ def test_a_generation_batch_that_would_stop_grpo_at_its_first_step_is_refused(co
 def test_allowing_on_policy_does_not_change_a_runs_fingerprint(config_copy):
     from fipo.run_folder import spec_fingerprint
 
-    before = spec_fingerprint(load_experiment("qwen2.5-32b", "fipo", config_dir=config_copy), [], "v")
+    before = spec_fingerprint(load_experiment("qwen2.5-32b", "fipo", config_dir=config_copy), "v")
     allowed = config_copy.parent / "allowed"
     shutil.copytree(config_copy, allowed)
     edit_preset(allowed, "qwen2.5-32b",
                 lambda d: d["experiments"]["fipo"].setdefault("set", {}).setdefault("fipo", {}).update(allow_on_policy=True))
     exp = load_experiment("qwen2.5-32b", "fipo", config_dir=allowed)
-    assert exp.fipo.allow_on_policy and spec_fingerprint(exp, [], "v") == before
+    assert exp.fipo.allow_on_policy and spec_fingerprint(exp, "v") == before
 
 
 def test_planning_validates_every_fipo_experiment_without_importing_torch():
@@ -393,3 +395,59 @@ def test_planning_validates_every_fipo_experiment_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     fipo_experiments, torch_imported = out.stdout.split()
     assert int(fipo_experiments) > 20 and torch_imported == "False"
+
+
+def test_a_yaml_key_that_is_not_a_string_is_refused_as_written(config_copy):
+    path = config_copy / "presets" / "tiny.yaml"
+    path.write_text(path.read_text().replace("experiments:\n", "experiments:\n  no: {method: dapo}\n", 1))
+    with pytest.raises(SpecError, match=r"tiny.yaml:\d+: key 'no' is read by YAML as False \(bool\), not a name; "
+                                        r"quote it \('no'\)"):
+        load_experiment("tiny", "dapo", config_dir=config_copy)
+
+
+def test_two_merge_keys_in_one_mapping_are_refused(config_copy):
+    path = config_copy / "presets" / "tiny.yaml"
+    text = "anchors:\n  a: &a {x: 1}\n  b: &b {y: 2}\n  both:\n    <<: *a\n    <<: *b\n"
+    path.write_text(text + path.read_text())
+    with pytest.raises(SpecError, match=r"tiny.yaml:6: duplicate key '<<' \(first written at line 5\)"):
+        load_experiment("tiny", "dapo", config_dir=config_copy)
+
+
+def test_a_name_over_100_characters_is_refused_before_it_reaches_a_file_name(config_copy):
+    name = "x" * 101
+    edit_preset(config_copy, "tiny", lambda d: d["experiments"].update({name: {"method": "dapo"}}))
+    with pytest.raises(SpecError, match=r"experiment name x{20}\.\.\. is 101 characters; at most 100"):
+        load_experiment("tiny", "dapo", config_dir=config_copy)
+
+
+@pytest.mark.parametrize("engine, message", [
+    ({"trainer": {"save_freq": -1}}, r"engine.trainer.save_freq: the spec's trainer.save_freq writes this verl key; "
+                                     r"set trainer.save_freq instead"),
+    ({"actor_rollout_ref": {"actor": {"ppo_mini_batch_size": 32}}},
+     r"engine.actor_rollout_ref.actor.ppo_mini_batch_size: the spec's policy.ppo_mini_batch_size writes"),
+    ({"data": {"seed": 3}}, r"engine.data.seed: this verl key is computed from the spec's trainer.seed"),
+    ({"trainer": {"resume_mode": "disable"}}, r"engine.trainer.resume_mode: this verl key is set by the workbench"),
+    ({"+reward": {"reward_kwargs": {"overlong_buffer_cfg": {"len": 8}}}}, r"engine.\+reward: this verl key holds reward\."),
+])
+def test_an_engine_entry_cannot_shadow_a_key_the_spec_writes(config_copy, engine, message):
+    edit_preset(config_copy, "tiny", lambda d: d["experiments"]["fipo"].setdefault("set", {}).update(engine=engine))
+    with pytest.raises(SpecError, match=message):
+        load_experiment("tiny", "fipo", config_dir=config_copy)
+
+
+def test_every_key_rendered_for_every_experiment_is_owned_by_the_spec_the_workbench_or_engine():
+    """fipo.verl_keys lists every key fipo.verl_command renders, and a spec key's value reaches verl unchanged."""
+    from fipo.run_folder import RunFolder
+    from fipo.verl_command import verl_items
+    from fipo.verl_keys import DERIVED, FIXED, SPEC_KEYS, bare
+
+    owned = {bare(k) for k in [*SPEC_KEYS, *DERIVED, *FIXED]}
+    for preset in list_presets():
+        for exp in load_all(preset):
+            items = verl_items(exp, data_dir=Path("d"), run=RunFolder(Path("r")), ray_address="auto")
+            unowned = [k for k, _ in items if bare(k) not in owned and k not in exp.engine]
+            assert not unowned, (preset, exp.name, unowned)
+            rendered = dict(items)
+            for key, spec in SPEC_KEYS.items():
+                section, field = spec.split(".")
+                assert rendered[key] == getattr(getattr(exp, section), field), (preset, exp.name, key)

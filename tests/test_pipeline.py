@@ -322,6 +322,30 @@ def test_config_values_on_the_command_line_are_typed(tmp_path):
     assert out.returncode != 0 and "timeout_s" in out.stderr
 
 
+@pytest.mark.parametrize("config, message", [
+    ("eval={n: 2.0}", "config.eval.n: expected an integer, got 2.0"),
+    ("seeds=[1.0]", "config.seeds[0]: expected an integer, got 1.0"),
+    ("train={cpu_side_by_side: 1.0}", "config.train.cpu_side_by_side: expected an integer, got 1.0"),
+    ("train={timeout_s: .inf}", "config.train.timeout_s: expected a finite number, got inf"),
+    ("seeds=[4294967296]", "4294967296 is greater than the maximum of 4294967295"),
+    ("results_dir=.", "results_dir: '.' is the working directory itself"),
+    ("results_dir=res{1}", "results_dir: 'res{1}' holds a brace"),
+    ("train={overrides: [trainer.save_freq=0]}", "trainer.save_freq: must be >= 1, got 0"),
+    ("train={overrides: [data.seed=1]}", "is computed from the spec's trainer.seed"),
+])
+def test_bad_config_values_fail_before_any_job_naming_the_key(tmp_path, config, message):
+    out = snakemake("-n", config=[config])
+    assert out.returncode != 0 and message in out.stderr, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "InputFunctionException" not in out.stderr
+
+
+def test_a_results_dir_under_home_is_expanded(tmp_path):
+    home = tmp_path / "home"
+    out = snakemake("-n", config=["results_dir=~/fipo-results"], env={"HOME": str(home)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"{home}/fipo-results/tiny/index.html" in out.stdout and not (ROOT / "~").exists()
+
+
 @pytest.mark.parametrize("spelling", ["{}/", "{}/.", "{}//", "{}/../{}"])
 def test_results_dir_spellings_name_one_folder(spelling, tmp_path):
     results = spelling.format(tmp_path, tmp_path.name)
@@ -1021,3 +1045,152 @@ def test_the_study_trains_every_seed_and_reports_the_claims(tmp_path, ray_dir):
     assert "FIPO's responses grow longer than DAPO's" in report and "over 2 seeds" in report
     assert "nothing to be done" in snakemake("-n", "study", results=tmp_path / "results",
                                              config=[study, f"data_dir={tmp_path / 'data'}"]).stdout.lower()
+
+
+# ------------------------------------------------------------------------------------ what a setting reruns
+
+# The compute jobs each stage's change reruns (the figures, tables and index after them follow their inputs).
+RERUN_BY_STAGE = {
+    "nothing": set(),
+    "evaluate": {"evaluate"},
+    "convert": {"convert", "evaluate"},
+    "train": {"train", "lengths", "convert", "evaluate"},
+}
+COMPUTE_RULES = {"tiny_data", "tiny_model", "train", "lengths", "convert", "evaluate"}
+# A representative change of each pipeline config key (workflow/schemas/config.schema.yaml declares its stage),
+# or why the finished smoke DAG cannot show it.
+CONFIG_CHANGES = {
+    "train.timeout_s": "train={timeout_s: 1234}",
+    "train.ray_address": "train={ray_address: auto}",
+    "train.runtime_min": "train={runtime_min: 77}",
+    "train.cpu_side_by_side": "train={cpu_side_by_side: 1}",
+    "eval.runtime_min": "eval={runtime_min: 99}",
+    "eval.n": "eval={n: 3}",
+}
+NOT_SHOWN = {
+    "preset": "scope: another preset is another DAG", "experiments": "scope: selects jobs", "seeds": "scope",
+    "study.experiments": "scope", "study.seeds": "scope",
+    "study.overrides": "the smoke DAG has no study runs", "study.window": "the smoke DAG has no study report",
+    "dapo_source": "the tiny preset reads no DAPO data",
+    "train.overrides": "the smoke config sets them: test_an_override_reruns_the_training_it_determines",
+    "results_dir": "the smoke config sets it: test_another_spelling_of_the_same_folders_reruns_nothing",
+    "data_dir": "as results_dir",
+}
+
+
+def dry_run(smoke, *args, env=None) -> str:
+    out = subprocess.run([*smoke["cmd"], "-n", *args], cwd=ROOT, env={**smoke["env"], **(env or {})},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def compute_jobs(plan: str) -> set[str]:
+    return set(job_counts(plan)) & COMPUTE_RULES
+
+
+def test_every_pipeline_config_key_is_shown_or_says_why_not():
+    from fipo.determines import schema_declarations
+
+    declared = schema_declarations(yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()))
+    assert set(declared) == set(CONFIG_CHANGES) | set(NOT_SHOWN)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", sorted(CONFIG_CHANGES))
+def test_a_pipeline_setting_reruns_exactly_the_stage_it_declares(smoke, key):
+    from fipo.determines import schema_declarations
+
+    stage = schema_declarations(yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()))[key]
+    # --config replaces the smoke file's sections it names: keep their other keys
+    smoke_config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    section, _, _ = key.partition(".")
+    change = yaml.safe_load(CONFIG_CHANGES[key].split("=", 1)[1])
+    merged = {**(smoke_config.get(section) or {}), **change}
+    plan = dry_run(smoke, "--config", f"{section}={json.dumps(merged)}")
+    if stage == "nothing":
+        assert "Nothing to be done" in plan, (key, plan[-3000:])
+    else:
+        assert compute_jobs(plan) == RERUN_BY_STAGE[stage], (key, plan[-3000:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key, value, stage", [
+    ("evaluation.checkpoint", "best", "convert"),
+    ("evaluation.max_tokens", 48, "evaluate"),
+    ("evaluation.temperature", 0.9, "evaluate"),
+    ("evaluation.scorer", "math_dapo_strict", "evaluate"),
+    ("defaults.trainer.timeout_s", 1200, "nothing"),
+    ("defaults.trainer.loggers", ["console", "file"], "nothing"),
+    ("defaults.fipo.allow_on_policy", True, "nothing"),
+    ("defaults.trainer.project_name", "renamed", "nothing"),
+])
+def test_a_spec_setting_reruns_exactly_the_stage_it_declares(smoke, tmp_path, key, value, stage):
+    config = tmp_path / "config"
+    shutil.copytree(ROOT / "config", config)
+    preset = config / "presets" / "tiny.yaml"
+    spec = yaml.safe_load(preset.read_text())
+    *parents, leaf = key.split(".")
+    node = spec
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    preset.write_text(yaml.safe_dump(spec, sort_keys=False))
+    plan = dry_run(smoke, env={"FIPO_CONFIG_DIR": str(config)})
+    if stage == "nothing":
+        assert "Nothing to be done" in plan, (key, plan[-3000:])
+    else:
+        assert compute_jobs(plan) == RERUN_BY_STAGE[stage], (key, plan[-3000:])
+        runs = len(SMOKE_EXPERIMENTS)
+        assert job_counts(plan)[stage] == runs, plan[-3000:]  # every run's, and only once
+
+
+@pytest.mark.slow
+def test_an_override_reruns_the_training_it_determines(smoke):
+    smoke_train = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["train"]
+    train = {**smoke_train, "overrides": [*smoke_train["overrides"], "actor_rollout_ref.actor.optim.weight_decay=0.05"]}
+    plan = dry_run(smoke, "--config", f"train={json.dumps(train)}")
+    assert compute_jobs(plan) == RERUN_BY_STAGE["train"], plan[-3000:]
+    assert job_counts(plan)["train"] == len(SMOKE_EXPERIMENTS)
+    # an override that only spells the spec's own value again changes nothing
+    same = {**smoke_train, "overrides": [*smoke_train["overrides"], "trainer.save_freq=1"]}
+    assert "Nothing to be done" in dry_run(smoke, "--config", f"train={json.dumps(same)}")
+
+
+@pytest.mark.slow
+def test_another_spelling_of_the_same_folders_reruns_nothing(smoke, tmp_path):
+    paths = tmp_path / "paths.yaml"  # relative where the smoke config gave absolute paths
+    paths.write_text(yaml.safe_dump({"results_dir": os.path.relpath(smoke["results"], ROOT) + "/",
+                                     "data_dir": os.path.relpath(smoke["data"], ROOT) + "/."}, allow_unicode=True))
+    cmd = [*smoke["cmd"][:-1], str(paths), "-n"]
+    out = subprocess.run(cmd, cwd=ROOT, env=smoke["env"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_never_trained_further(smoke):
+    """`fipo train` of a finished run with the same fingerprint does nothing and says so, even after the
+    pipeline removed its run.json (as Snakemake does before it reruns a job): verl 0.9.1 would resume from the last
+    checkpoint and train on past total_training_steps."""
+    from fipo.provenance import folder_digest
+
+    run = smoke["results"] / "tiny" / "runs" / "grpo"
+    checkpoints = run / "checkpoints"
+    before = {"steps": sorted(p.name for p in checkpoints.glob("global_step_*")),
+              "latest": (checkpoints / "latest_checkpointed_iteration.txt").read_text(),
+              "model": folder_digest(checkpoints), "metrics": (run / "metrics.jsonl").read_text()}
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").unlink()
+    overrides = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["train"]["overrides"]
+    cmd = [sys.executable, "-m", "fipo", "train", "--preset", "tiny", "--experiment", "grpo", "--results-dir",
+           str(smoke["results"]), "--data-dir", str(smoke["data"]), "--record", str(run / "run.json"),
+           *[arg for o in overrides for arg in ("--override", o)]]
+    out = subprocess.run(cmd, cwd=ROOT, env=smoke["env"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "nothing to train" in out.stderr, out.stderr[-3000:]
+    after = {"steps": sorted(p.name for p in checkpoints.glob("global_step_*")),
+             "latest": (checkpoints / "latest_checkpointed_iteration.txt").read_text(),
+             "model": folder_digest(checkpoints), "metrics": (run / "metrics.jsonl").read_text()}
+    assert after == before
+    assert json.loads((run / "run.json").read_text())["fingerprint"] == record["fingerprint"]
+    assert "Nothing to be done" in dry_run(smoke)  # the record is back: the DAG is finished as before

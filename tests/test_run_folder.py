@@ -215,16 +215,16 @@ def test_the_trainer_child_dies_when_its_wrapper_is_killed(tmp_path):
 def test_the_spec_fingerprint_follows_every_setting_but_not_prose():
     import dataclasses
 
-    from fipo.experiment import load_experiment
+    from fipo.experiment import load_experiment, with_overrides
     from fipo.run_folder import spec_fingerprint
 
     exp = load_experiment("tiny", "fipo")
-    base = spec_fingerprint(exp, [], "1")
-    assert spec_fingerprint(exp, [], "1") == base
-    assert spec_fingerprint(dataclasses.replace(exp, description="reworded"), [], "1") == base
-    assert spec_fingerprint(dataclasses.replace(exp, fipo=dataclasses.replace(exp.fipo, tau=2.0)), [], "1") != base
-    assert spec_fingerprint(exp, ["trainer.total_training_steps=2"], "1") != base
-    assert spec_fingerprint(exp, [], "2") != base  # another project version
+    base = spec_fingerprint(exp, "1")
+    assert spec_fingerprint(exp, "1") == base
+    assert spec_fingerprint(dataclasses.replace(exp, description="reworded"), "1") == base
+    assert spec_fingerprint(dataclasses.replace(exp, fipo=dataclasses.replace(exp.fipo, tau=2.0)), "1") != base
+    assert spec_fingerprint(with_overrides(exp, ["trainer.total_training_steps=2"]), "1") != base
+    assert spec_fingerprint(exp, "2") != base  # another project version
 
 
 @pytest.fixture
@@ -261,7 +261,7 @@ def test_a_change_to_the_code_that_computes_a_run_changes_its_fingerprint(packag
     runs = (tiny_fipo, tiny_dapo, gpu_fipo, gpu_dapo)
 
     def prints():
-        return [spec_fingerprint(exp, [], "v") for exp in runs]
+        return [spec_fingerprint(exp, "v") for exp in runs]
 
     before = prints()
     assert len(set(before)) == 4
@@ -276,7 +276,7 @@ def test_a_change_to_the_code_that_computes_a_run_changes_its_fingerprint(packag
     assert [a != b for a, b in zip(after_cpu, after_loss)] == [True, True, False, False]
     _append(package_copy / "analysis" / "plotting.py", "\n_FIXED = 1\n")  # reached by no training
     assert prints() == after_cpu
-    assert spec_fingerprint(dataclasses.replace(gpu_dapo, description="x"), [], "v") == after_cpu[3]
+    assert spec_fingerprint(dataclasses.replace(gpu_dapo, description="x"), "v") == after_cpu[3]
 
 
 def test_a_library_upgrade_changes_every_runs_fingerprint(monkeypatch, tmp_path):
@@ -292,11 +292,11 @@ def test_a_library_upgrade_changes_every_runs_fingerprint(monkeypatch, tmp_path)
     assert set(installed) == set(TRAINING_LIBRARIES) and installed["torch"] and installed["verl"]
 
     def provenance():
-        return run_provenance(exp, ["x=1"], [], {"train": data}, {"path": "m", "sha256": None}, "v")
+        return run_provenance(exp, ["x=1"], {"train": data}, {"path": "m", "sha256": None}, "v")
 
     before = provenance()
     assert before["libraries"] == installed and before["code"] == {}
-    assert before == provenance() and before["spec_fingerprint"] == spec_fingerprint(exp, [], "v")
+    assert before == provenance() and before["spec_fingerprint"] == spec_fingerprint(exp, "v")
     monkeypatch.setattr(fipo.run_folder, "library_versions", lambda: {**installed, "verl": "99.0"})
     after = provenance()
     assert after["libraries"]["verl"] == "99.0"

@@ -222,6 +222,7 @@ def test_odd_paths_compose_into_verls_config(hydra):
 
 
 def test_portable_overrides_ignore_where_a_run_lies_but_not_what_it_computes():
+    from fipo.experiment import with_overrides
     from fipo.verl_command import portable_overrides
 
     fipo, tau8 = load_experiment("tiny", "fipo"), load_experiment("tiny", "fipo-tau8")
@@ -230,7 +231,7 @@ def test_portable_overrides_ignore_where_a_run_lies_but_not_what_it_computes():
     assert any("${run_dir}/checkpoints" in o for o in portable) and any("${data_dir}" in o for o in portable)
     assert portable_overrides(fipo) == portable  # deterministic
     assert portable_overrides(tau8) != portable
-    assert portable_overrides(fipo, ["trainer.total_training_steps=2"]) != portable
+    assert portable_overrides(with_overrides(fipo, ["trainer.total_training_steps=2"])) != portable
     rendered = verl_overrides(fipo, data_dir=Path("/a/data"), run=RunFolder(Path("/a/r/tiny/runs/fipo")),
                               results_dir=Path("/a/r"), ray_address="10.0.0.1:6379")
     assert len(rendered) == len(portable) + 1  # the same keys, but the Ray address (machine-specific)
@@ -253,7 +254,7 @@ def test_trackers_are_selectable_and_do_not_change_a_runs_identity(tmp_path):
     assert verl_environment(run, tracked)["TENSORBOARD_DIR"] == str(run.tensorboard)
     assert "TENSORBOARD_DIR" not in verl_environment(run, exp)
     assert portable_overrides(tracked) == portable_overrides(exp)
-    assert spec_fingerprint(tracked, [], "v") == spec_fingerprint(exp, [], "v")
+    assert spec_fingerprint(tracked, "v") == spec_fingerprint(exp, "v")
 
 
 @pytest.mark.parametrize("loggers, message", [(["console"], "must include 'file'"),

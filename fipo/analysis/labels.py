@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Iterable, Sequence
 
-from fipo.experiment import _flatten, load_experiment
+from fipo.experiment import flatten, load_experiment
 
 METHOD_NAMES = {"dapo": "DAPO", "grpo": "GRPO", "fipo": "FIPO"}
 # Keys that never make a label: identity, bookkeeping, and settings derived from others.
@@ -62,7 +62,7 @@ def format_setting(key: str, value: Any) -> str:
 def settings(preset: str, experiment: str) -> tuple[tuple[str, Any], ...]:
     """The run's resolved spec, flattened to (dotted key, value) pairs (lists as tuples, hashable). Not cached
     here: the spec loader caches each version of a preset file, so an edited spec shows in a running kernel."""
-    flat = _flatten(asdict(load_experiment(preset, experiment)))
+    flat = flatten(asdict(load_experiment(preset, experiment)))
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(flat.items()))
 
 

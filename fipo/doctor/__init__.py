@@ -16,7 +16,7 @@ from typing import Optional
 
 from fipo.doctor.checks import Result, run_checks
 from fipo.doctor.needs import combine, released_needs, run_eval_needs, train_needs
-from fipo.experiment import evaluation, list_experiments, load_experiment, released
+from fipo.experiment import evaluation, list_experiments, load_experiment, released, with_overrides
 
 STAGES = ("all", "train", "eval", "released")  # all: train and evaluate the experiment(s)
 
@@ -46,10 +46,12 @@ def diagnose(preset: str, results_dir: Path, data_dir: Path, experiment: Optiona
         needs = [released_needs(model, spec, benchmarks, probe)]
         title = f"preset {preset}, evaluate the released {model.model} on {', '.join(benchmarks)}"
     else:
-        experiments = [load_experiment(preset, e) for e in ([experiment] if experiment else list_experiments(preset))]
+        names = [experiment] if experiment else list_experiments(preset)
+        # as verl will get them: a malformed override, or one that breaks a rule of the spec, fails here
+        experiments = [with_overrides(load_experiment(preset, e), overrides or []) for e in names]
         needs = []
         if stage in ("all", "train"):
-            needs += [train_needs(e, results_dir, probe, ray_address, overrides) for e in experiments]
+            needs += [train_needs(e, results_dir, probe, ray_address) for e in experiments]
         if stage in ("all", "eval"):
             needs += [run_eval_needs(e, spec, benchmarks, probe) for e in experiments]
         verb = {"all": "train and evaluate", "train": "train", "eval": "evaluate"}[stage]

@@ -44,35 +44,22 @@ def _unknown_size(model: str) -> str:
             "here")
 
 
-def _override(overrides: list[str], key: str) -> Optional[int]:
-    """The integer a `key=value` (or `+key=value`) override sets, the last one winning; None when none does."""
-    found = None
-    for item in overrides:
-        name, _, value = item.partition("=")
-        if name.lstrip("+~") == key:
-            try:
-                found = int(value)
-            except ValueError:
-                raise ValueError(f"override {item!r}: {key} must be an integer") from None
-    return found
-
-
-def kept_checkpoints(exp: Experiment, overrides: list[str]) -> tuple[int, str]:
+def kept_checkpoints(exp: Experiment) -> tuple[int, str]:
     """How many checkpoints a run keeps at the end (verl: one every save_freq steps, the oldest removed beyond
-    trainer.max_actor_ckpt_to_keep; null keeps all), and how that count comes about."""
-    steps = _override(overrides, "trainer.total_training_steps") or exp.trainer.total_training_steps
-    every = _override(overrides, "trainer.save_freq") or exp.trainer.save_freq
+    trainer.max_actor_ckpt_to_keep; null keeps all), and how that count comes about. ``exp`` with the run's
+    overrides applied (fipo.experiment.with_overrides), as verl gets it."""
+    steps, every = exp.trainer.total_training_steps, exp.trainer.save_freq
     saved = steps // every + (steps % every != 0)  # verl also saves at the last step
-    keep = _override(overrides, "trainer.max_actor_ckpt_to_keep") or exp.engine.get("trainer.max_actor_ckpt_to_keep")
-    kept = min(saved, int(keep)) if keep else saved
+    keep = exp.engine.get("trainer.max_actor_ckpt_to_keep")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int)):
+        raise ValueError(f"trainer.max_actor_ckpt_to_keep must be an integer or null, got {keep!r}")
+    kept = min(saved, keep) if keep else saved
     limit = f"trainer.max_actor_ckpt_to_keep {keep}" if keep else "trainer.max_actor_ckpt_to_keep null keeps all"
     return kept, f"{saved} saved, one every {every} of {steps} steps; {limit}"
 
 
-def train_needs(exp: Experiment, results_dir: Path, probe, ray_address: Optional[str] = None,
-                overrides: Optional[list[str]] = None) -> Needs:
-    """Training ``exp`` with verl (``fipo train``)."""
-    overrides = list(overrides or [])
+def train_needs(exp: Experiment, results_dir: Path, probe, ray_address: Optional[str] = None) -> Needs:
+    """Training ``exp`` (its overrides applied) with verl (``fipo train``)."""
     cuda = exp.trainer.device == "cuda"
     # verl always; on GPUs flash-attn (remove-padding, fused cross entropy) and vLLM when it serves the rollouts
     packages = ("verl",) + (("vllm",) if cuda and exp.rollout.engine == "vllm" else ()) + (("flash-attn",) if cuda else ())
@@ -80,7 +67,7 @@ def train_needs(exp: Experiment, results_dir: Path, probe, ray_address: Optional
     shape = _shape(model, None, probe)
     gpu_bytes = estimates.training_gpu_bytes(exp, shape) if shape and cuda else None
     run = run_folder(results_dir, exp.preset, exp.name)
-    kept, how = kept_checkpoints(exp, overrides)
+    kept, how = kept_checkpoints(exp)
     existing = len(checkpoint_steps(run.checkpoints)) if run.checkpoints.is_dir() else 0
     how += f"; {existing} already here" if existing else ""
     if shape:

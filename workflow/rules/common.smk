@@ -1,7 +1,9 @@
 # Helpers shared by the rule files (config validation, the experiment spec, the file names of every step).
 # Everything about a run comes from the spec (fipo.experiment) and every figure's needs from fipo.analysis.catalog,
 # so the DAG and the notebooks cannot disagree.
+import dataclasses
 import fcntl
+import math
 import os
 import re
 import shlex
@@ -24,9 +26,11 @@ from fipo.experiment import (
     list_presets,
     load_all,
     released,
+    with_overrides,
     with_seed,
 )
 from fipo.code_digest import code_digest
+from fipo.determines import CONVERT, EVALUATE, REPORT, config_material, fingerprint
 from fipo.provenance import project_version
 from fipo.run_folder import parse_run_name, run_name, run_seeds, spec_fingerprint
 from fipo.scheduling import CPU_EVALUATION_MEM_MB, CPU_TRAINING_MEM_MB, cpu_training_threads, machine_memory_mb
@@ -48,6 +52,44 @@ def typed_cli_values(value, schema):
         except yaml.YAMLError:
             return value  # the schema's message names the key
     return value
+
+
+def _fail(message):
+    raise WorkflowError(f"config error: {message}")
+
+
+def strict_config_errors(value, schema, path="config"):
+    """What JSON Schema lets through and this pipeline must not: a float where an integer belongs (JSON Schema
+    takes 2.0 for an integer, and `seeds=[1.0]` or `eval={n: 2.0}` then fails inside a job), and a non-finite
+    number (`.inf` passes every minimum)."""
+    if isinstance(value, dict) and "properties" in schema:
+        return [
+            e for k, v in value.items() for e in strict_config_errors(v, schema["properties"].get(k, {}), f"{path}.{k}")
+        ]
+    if isinstance(value, list) and "items" in schema:
+        return [e for i, v in enumerate(value) for e in strict_config_errors(v, schema["items"], f"{path}[{i}]")]
+    types = schema.get("type", [])
+    types = types if isinstance(types, list) else [types]
+    if isinstance(value, float) and "number" not in types:
+        return [f"{path}: expected an integer, got {value!r}"]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path}: expected a finite number, got {value!r}"]
+    return []
+
+
+def folder_setting(key):
+    """results_dir/data_dir as a folder: `~` expanded, normalised (`results/`, `./results`, `results` and its
+    absolute path are one folder), and refused where Snakemake or this pipeline cannot use it: braces (Snakemake reads them as
+    wildcards) or the working directory itself (the repository's own files would sit among the results)."""
+    path = os.path.abspath(os.path.expanduser(config[key]))
+    if "{" in path or "}" in path:
+        _fail(f"{key}: {config[key]!r} holds a brace, which Snakemake reads as a wildcard; name another folder")
+    if path == os.getcwd():
+        _fail(f"{key}: {config[key]!r} is the working directory itself; name a folder of its own (e.g. results)")
+    # One spelling per folder, whichever the user wrote: relative under the working directory, else absolute
+    # (a job's outputs are known to Snakemake by their path: another spelling would be another job).
+    inside = os.path.commonpath([path, os.getcwd()]) == os.getcwd()
+    return os.path.relpath(path) if inside else path
 
 
 def release_stale_locks(state_dir=Path(".snakemake")):
@@ -75,14 +117,17 @@ def release_stale_locks(state_dir=Path(".snakemake")):
 
 
 release_stale_locks()
-config.update(typed_cli_values(dict(config), yaml.safe_load(SCHEMA.read_text())))
+SCHEMA_TREE = yaml.safe_load(SCHEMA.read_text())
+config.update(typed_cli_values(dict(config), SCHEMA_TREE))
 validate(config, schema=str(SCHEMA))
+for _error in strict_config_errors(config, SCHEMA_TREE):
+    raise WorkflowError(f"config error: {_error}")
 
 PRESET = config["preset"]
 # Normalised (`results/`, `./results` and `results` are one folder), so that every rule's output and every
 # target the user names match; any character is allowed, every shell use is quoted.
-RESULTS = os.path.normpath(config["results_dir"])
-DATA = os.path.normpath(config["data_dir"])
+RESULTS = folder_setting("results_dir")
+DATA = folder_setting("data_dir")
 # The project's environment. Run inside it (venv or `conda activate fipo-workbench`), every rule uses the
 # interpreter snakemake runs on. With `--sdm conda`, Snakemake activates the named environment CONDA_ENV
 # (made once from environment.yml; named, so nothing is copied or built under .snakemake/conda/) in each job,
@@ -99,10 +144,6 @@ def conda_env(wildcards):
 
 
 VERSION = project_version()
-
-
-def _fail(message):
-    raise WorkflowError(f"config error: {message}")
 
 
 try:
@@ -124,7 +165,8 @@ FIGURES = [a.id for a in ARTIFACTS if a.kind == "figure"]
 TABLES = [a.id for a in ARTIFACTS if a.kind == "table"]
 TRAIN = config.get("train") or {}
 TRAIN_OVERRIDES = list(TRAIN.get("overrides") or [])
-EVAL_N = (config.get("eval") or {}).get("n") or EVAL.n
+if (config.get("eval") or {}).get("n"):  # the evaluation as run: the preset's, with the config's n
+    EVAL = dataclasses.replace(EVAL, n=config["eval"]["n"])
 # The seed dimension: every experiment once per seed (runs/<experiment>@seed<N>/), or once at the spec's seed.
 SEEDS = list(config.get("seeds") or [])
 # The study target (workflow/rules/study.smk): its experiments at each seed, runs/<experiment>@study-seed<N>/.
@@ -160,6 +202,20 @@ def one_of(names):
     return "|".join(re.escape(name) for name in names)
 
 
+def run_experiment(run):
+    """The experiment a run trains, as verl gets it: at its seed, with its overrides applied and checked
+    (fipo.experiment.with_overrides)."""
+    if run not in RUN_EXPERIMENTS:
+        experiment, seed, study = parse_run_name(run)
+        RUN_EXPERIMENTS[run] = with_overrides(
+            with_seed(SPECS[experiment], seed, study), run_overrides(run), "train.overrides/study.overrides"
+        )
+    return RUN_EXPERIMENTS[run]
+
+
+RUN_EXPERIMENTS = {}
+
+
 def run_arguments(run):
     """The `--experiment E [--seed N [--study]]` of the fipo commands that find this run's folder."""
     experiment, seed, study = parse_run_name(run)
@@ -182,10 +238,35 @@ def run_overrides(run):
 
 
 def run_fingerprint(wildcards):
-    """What the spec says about a run (fipo.run_folder.spec_fingerprint): a train job whose spec changed reruns
-    (Snakemake's params trigger), and `fipo train` moves the old run aside instead of resuming it."""
-    experiment, seed, study = parse_run_name(wildcards.run)
-    return spec_fingerprint(with_seed(SPECS[experiment], seed, study), run_overrides(wildcards.run), VERSION)
+    """What a run computes (fipo.run_folder.spec_fingerprint, from the settings declared to determine training):
+    a train job whose fingerprint changed reruns (Snakemake's params trigger), and `fipo train` moves the old run
+    aside instead of resuming it. Timeouts, trackers and paths are not in it."""
+    return spec_fingerprint(run_experiment(wildcards.run), VERSION)
+
+
+def convert_fingerprint(wildcards):
+    """Which checkpoint is evaluated (evaluation.checkpoint) and the code that converts it."""
+    return fingerprint(CONVERT, EVAL, code=code_digest("fipo.eval.checkpoints"))
+
+
+def eval_fingerprint(wildcards):
+    """What an evaluation computes: the settings declared to determine it (the preset's evaluation, the config's
+    eval.n) and the code that samples and scores."""
+    return fingerprint(EVALUATE, EVAL, code=code_digest("fipo.eval.runner"))
+
+
+def report_settings(wildcards):
+    """The pipeline config's keys declared to determine a report (study.window)."""
+    return fingerprint(
+        REPORT, code=code_digest("fipo.analysis.study"), config=config_material(config, SCHEMA_TREE, REPORT)
+    )
+
+
+try:  # every run's overrides, applied and checked before any job starts
+    for _run in RUNS:
+        run_experiment(_run)
+except SpecError as err:
+    _fail(str(err))
 
 
 # ------------------------------------------------------------------------------------ file names
@@ -291,7 +372,9 @@ def cli(*parts):
 # ------------------------------------------------------------------------------------ command lines
 
 
-def train_params(wildcards):
+def train_params(wildcards, output):
+    """`fipo train` of a run (a function of the output: Snakemake keeps it out of the params it compares, so that
+    a timeout or a folder's spelling reruns nothing; run_fingerprint is what it compares)."""
     parts = [
         "--preset",
         PRESET,
@@ -301,7 +384,7 @@ def train_params(wildcards):
         "--data-dir",
         DATA,
         "--record",
-        run_record(wildcards.run),
+        output[0],
     ]
     if TRAIN.get("timeout_s"):
         parts += ["--timeout", str(TRAIN["timeout_s"])]
@@ -330,7 +413,7 @@ def eval_command(benchmark, out_dir, *model):
         "--cons-unanswered",
         EVAL.cons_unanswered,
         "--n",
-        str(EVAL_N),
+        str(EVAL.n),
         "--temperature",
         str(EVAL.temperature),
         "--top-p",

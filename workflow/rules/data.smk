@@ -9,7 +9,7 @@ rule tiny_data:
     conda:
         conda_env
     params:
-        cmd=cli("data", "tiny", "--data-dir", DATA),
+        cmd=lambda wildcards, output: cli("data", "tiny", "--data-dir", DATA),
         # not used by the command: a changed task (fipo/tiny.py) changes it, and Snakemake remakes the data
         task=tiny.data_fingerprint(),
     shell:
@@ -27,7 +27,7 @@ rule aime_data:
     conda:
         conda_env
     params:
-        cmd=cli("data", "aime", "--data-dir", DATA),
+        cmd=lambda wildcards, output: cli("data", "aime", "--data-dir", DATA),
     shell:
         "{params.cmd} > {log:q} 2>&1"
 
@@ -40,13 +40,15 @@ rule dapo_data:
     conda:
         conda_env
     params:
-        cmd=cli(
+        cmd=lambda wildcards, output: cli(
             "data",
             "dapo",
             "--data-dir",
             DATA,
             *(["--source", config["dapo_source"]] if config.get("dapo_source") else []),
         ),
+        # not used by the command: another source is other data (the hub's, or a local copy)
+        source=config.get("dapo_source"),
     shell:
         "{params.cmd} > {log:q} 2>&1"
 
@@ -63,7 +65,7 @@ rule tiny_model:
         conda_env
     threads: workflow.cores
     params:
-        cmd=cli("tiny-model", "--results-dir", RESULTS),
+        cmd=lambda wildcards, output: cli("tiny-model", "--results-dir", RESULTS),
         # not used by the command: a changed task, spec or warm-start code changes it, and Snakemake remakes the model
         # (computed when Snakemake asks for this job: it parses eight modules, which other presets never need)
         model=lambda wildcards: tiny.model_fingerprint(),

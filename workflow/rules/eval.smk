@@ -22,5 +22,7 @@ rule evaluate:
         runtime=lambda wildcards: (config.get("eval") or {}).get("runtime_min") or 240,
     params:
         cmd=eval_params,
+        # not used by the command: a changed evaluation setting (fipo.determines) or sampling code re-evaluates
+        settings=eval_fingerprint,
     shell:
         "{params.cmd} > {log:q} 2>&1"

@@ -45,6 +45,8 @@ if RELEASED:
                 "--revision",
                 RELEASED.revision,
             ),
+            # not used by the command: the evaluation's settings and code (fipo.determines)
+            settings=lambda wildcards: fingerprint(EVALUATE, EVAL, RELEASED, code=code_digest("fipo.eval.runner")),
         shell:
             "{params.cmd} > {log:q} 2>&1"
 
@@ -59,7 +61,9 @@ if RELEASED:
         conda:
             conda_env
         params:
-            cmd=cli("released-table", "--preset", PRESET, "--results-dir", RESULTS),
+            cmd=lambda wildcards, output: cli("released-table", "--preset", PRESET, "--results-dir", RESULTS),
+            # not used by the command: the paper's row it is compared with, and the table's code
+            settings=lambda wildcards: fingerprint(REPORT, RELEASED, code=code_digest("fipo.analysis.released")),
             caption=f"The released {RELEASED.model} evaluated by this harness beside the paper's Table 1 "
             f"{RELEASED.paper_row.upper()} row (preset {PRESET}).",
         shell:

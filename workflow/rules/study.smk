@@ -28,7 +28,7 @@ rule study:
             "--out",
             output[0],
         ),
-        # not used by the command: a change to the report's code remakes the report
-        code=lambda wildcards: code_digest("fipo.analysis.study"),
+        # not used by the command: a change to the report's code or settings (study.window) remakes the report
+        settings=report_settings,
     shell:
         "{params.cmd} > {log:q} 2>&1"

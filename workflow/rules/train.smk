@@ -84,5 +84,7 @@ rule convert:
             "--out",
             output[0],
         ),
+        # not used by the command: evaluation.checkpoint or the converter's code changed reconverts
+        selection=convert_fingerprint,
     shell:
         "{params.cmd} > {log:q} 2>&1"
