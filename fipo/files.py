@@ -1,7 +1,8 @@
 """Files that survive crashes: written whole or not at all, and JSONL read past a write a crash tore.
 
 Every writer of a file another step consumes (datasets, metrics, records, summaries, figures, tables) goes
-through :func:`atomic_write`; every reader of an append-only JSONL log through :func:`read_jsonl`.
+through :func:`atomic_write`; every reader of an append-only JSONL log through :func:`read_jsonl`; a JSON file
+whose damage must be reported as such (not as a library's traceback) through :func:`read_json`.
 """
 
 from __future__ import annotations
@@ -64,3 +65,28 @@ def read_jsonl(path, what: str = "JSONL", skip_blank: bool = False) -> Iterator[
                 return  # the write the crash interrupted
             raise MalformedLineError(path, number, f"malformed {what} line") from None
         yield number, record
+
+
+class MalformedJSONError(ValueError):
+    """A JSON file that does not parse: its path, and the line and column where parsing stopped."""
+
+    def __init__(self, path, line: int, column: int, reason: str):
+        self.path, self.line, self.column, self.reason = path, line, column, reason
+        super().__init__(f"{path}:{line}:{column}: {reason}")
+
+
+def read_json(path, hint: str = "") -> Any:
+    """The content of JSON file ``path``; :class:`MalformedJSONError` (path, line, column, and ``hint``: what
+    to do about it) when it is not valid JSON, or not UTF-8 text."""
+    data = Path(path).read_bytes()
+    suffix = f"; {hint}" if hint else ""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise MalformedJSONError(path, line, column, f"not UTF-8 text (byte {data[err.start]:#04x}){suffix}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise MalformedJSONError(path, err.lineno, err.colno, f"not valid JSON ({err.msg}){suffix}") from None

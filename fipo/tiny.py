@@ -28,6 +28,7 @@ import pandas as pd
 
 from fipo.data import dataset_path, verl_row, write_parquet_atomic
 from fipo.files import current_umask
+from fipo.folder_lock import folder_lock
 
 TINY_DATA_SOURCE = "math_dapo"  # routed by verl's default_compute_score to the math_dapo rule
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -342,8 +343,16 @@ def format_form_report(report: dict) -> str:
 
 def build_tiny_base_model(out_dir: Path, spec: TinyModelSpec = TinyModelSpec(), log=print) -> Path:
     """Tokenizer + model + warm start, saved as a Hugging Face folder. Written to a temporary folder and
-    renamed, so a crash never leaves a half-made model where the pipeline would take it for finished."""
+    renamed, so a crash never leaves a half-made model where the pipeline would take it for finished. One build
+    per folder at a time (:func:`fipo.folder_lock.folder_lock`): a second is refused with
+    :class:`fipo.folder_lock.FolderBusy` before it trains anything, rather than deleting the folder the first
+    one has just renamed into place."""
     out_dir = Path(out_dir)
+    with folder_lock(out_dir, f"fipo tiny-model (seed {spec.seed})"):
+        return _build_tiny_base_model(out_dir, spec, log)
+
+
+def _build_tiny_base_model(out_dir: Path, spec: TinyModelSpec, log) -> Path:
     train = split_problems(spec.seed)["train"]
     texts = [chat_prompt_text(p) for p in train]
     start = time.time()

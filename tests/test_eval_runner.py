@@ -492,3 +492,230 @@ def test_latest_checkpointed_step(tmp_path):
         with pytest.raises(ValueError, match=rf"latest_checkpointed_iteration.txt: expected the step number .*found "
                                              rf"{re.escape(repr(content.strip()))}"):
             latest_checkpointed_step(tmp_path)
+
+
+# ------------------------------------------------------------------------------------ what enters is checked
+
+
+def edit_benchmark(bench, edit):
+    """Rewrite the tiny-test parquet as ``edit(frame)`` returns it; returns its path."""
+    import pandas as pd
+
+    from fipo.data import dataset_path
+
+    path = dataset_path("tiny-test", bench.data)
+    edit(pd.read_parquet(path)).to_parquet(path)
+    return path
+
+
+def set_cell(frame, column, row, value):
+    values = list(frame[column])
+    values[row] = value
+    return frame.assign(**{column: values})
+
+
+def test_a_benchmark_with_two_rows_of_one_problem_id_is_refused(bench):
+    """Before, the second problem was scored with the first one's samples (they share the key of samples.jsonl)."""
+    import random
+
+    from fipo.eval.runner import BenchmarkFileError
+
+    first, second = sorted(random.Random().sample(range(64), 2))
+    path = edit_benchmark(bench, lambda f: set_cell(f, "extra_info", second, dict(f.extra_info[first])))
+    message = (rf"^{re.escape(str(path))}: rows {first} and {second} \(counting from 0\) have the same problem_id "
+               rf"'{bench.ids[first]}'; each problem needs its own id$")
+    with pytest.raises(BenchmarkFileError, match=message):
+        load_benchmark("tiny-test", bench.data)
+    with pytest.raises(ValueError, match=message):  # the CLI prints a ValueError as one line
+        run_eval(bench, FakeSampler())
+    assert not bench.out.exists()
+
+
+@pytest.mark.parametrize("reward_model, problem", [
+    (None, "no reward_model"),
+    ({"style": "rule", "ground_truth": None}, "no reward_model.ground_truth"),
+    ({"style": "rule", "ground_truth": ""}, "an empty ground truth \\(''\\)"),
+    ({"style": "rule", "ground_truth": "  "}, "an empty ground truth \\('  '\\)"),
+])
+def test_a_benchmark_row_without_a_ground_truth_is_refused(bench, reward_model, problem):
+    """Before, such a row was scored against the text "None" (or against nothing)."""
+    import random
+
+    from fipo.eval.runner import BenchmarkFileError
+
+    row = random.Random().randrange(64)
+    path = edit_benchmark(bench, lambda f: set_cell(f, "reward_model", row, reward_model))
+    with pytest.raises(BenchmarkFileError, match=rf"^{re.escape(str(path))}: row {row} \(counting from 0\) has "
+                                                 rf"{problem}; every problem needs its answer$"):
+        load_benchmark("tiny-test", bench.data)
+
+
+def test_a_benchmark_without_answers_at_all_is_refused_at_its_first_row(bench):
+    from fipo.eval.runner import BenchmarkFileError
+
+    path = edit_benchmark(bench, lambda f: f.drop(columns="reward_model"))
+    with pytest.raises(BenchmarkFileError, match=rf"^{re.escape(str(path))}: row 0 \(counting from 0\) has no "
+                                                 r"reward_model;"):
+        load_benchmark("tiny-test", bench.data)
+    # a reward_model without the ground_truth field in every row: parquet stores it as a struct without it
+    path = edit_benchmark(bench, lambda f: f.assign(reward_model=[{"style": "rule"}] * len(f)))
+    with pytest.raises(BenchmarkFileError, match=r"row 0 \(counting from 0\) has no reward_model.ground_truth"):
+        load_benchmark("tiny-test", bench.data)
+
+
+def test_cli_prints_a_bad_benchmark_as_one_line(bench):
+    path = edit_benchmark(bench, lambda f: set_cell(f, "reward_model", 5, None))
+    out = subprocess.run([sys.executable, "-m", "fipo", "eval", "--model", str(bench.model), "--benchmark", "tiny-test",
+                          "--backend", "hf", "--data-dir", str(bench.data), "--out", str(bench.out)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr == f"fipo: error: {path}: row 5 (counting from 0) has no reward_model; " \
+                                                 "every problem needs its answer\n", out.stderr
+
+
+def damage_json(path):
+    """Put an '@' before the first quote of a random indented line of a pretty-printed JSON file; returns the
+    (line, column) where a parser stops."""
+    import random
+
+    lines = path.read_text().split("\n")
+    candidates = [i for i, line in enumerate(lines) if i > 0 and line.lstrip().startswith('"')]
+    i = random.Random().choice(candidates)
+    column = lines[i].index('"')
+    lines[i] = lines[i][:column] + "@" + lines[i][column:]
+    path.write_text("\n".join(lines))
+    return i + 1, column + 1
+
+
+@pytest.fixture
+def tiny_model_copy(tiny_world, tmp_path):
+    import shutil
+
+    copy = tmp_path / "model-copy"
+    shutil.copytree(tiny_world["model"], copy)
+    return copy
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "tokenizer_config.json"])
+def test_a_damaged_json_file_of_the_model_is_named_with_its_line_and_column(tiny_world, tiny_model_copy, tmp_path,
+                                                                            name):
+    from fipo.eval.models import ModelFolderError, check_model_folder
+
+    line, column = damage_json(tiny_model_copy / name)
+    path = re.escape(str(tiny_model_copy / name))
+    message = rf"^{path}:{line}:{column}: not valid JSON \(.*\); the model folder is damaged"
+    with pytest.raises(ModelFolderError, match=message):
+        check_model_folder(tiny_model_copy)
+    with pytest.raises(ModelFolderError, match=message):  # before transformers reads anything
+        HFSampler(str(tiny_model_copy))
+    with pytest.raises(ValueError, match=message):  # and before an evaluation claims its folder
+        evaluate(str(tiny_model_copy), "tiny-test", tmp_path / "eval", SETTINGS, backend="hf",
+                 data_dir=tiny_world["data"], log=lambda m: None)
+    assert not (tmp_path / "eval" / "settings.json").exists()
+
+
+def test_cli_prints_a_damaged_tokenizer_as_one_line(tiny_world, tiny_model_copy, tmp_path):
+    """Before, a truncated tokenizer.json was a traceback from inside transformers and tokenizers."""
+    path = tiny_model_copy / "tokenizer.json"
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])  # a copy cut short
+    try:
+        json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        where = f"{err.lineno}:{err.colno}"
+    out = subprocess.run([sys.executable, "-m", "fipo", "eval", "--model", str(tiny_model_copy), "--benchmark",
+                          "tiny-test", "--backend", "hf", "--n", "1", "--data-dir", str(tiny_world["data"]), "--out",
+                          str(tmp_path / "eval")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert re.fullmatch(rf"fipo: error: {re.escape(str(path))}:{where}: not valid JSON \(.*\); the model folder is "
+                        r"damaged: copy, download or convert it again\n", out.stderr), out.stderr
+
+
+def test_model_json_files_must_be_utf8_json_objects(tmp_path):
+    from fipo.eval.models import ModelFolderError, check_model_folder
+
+    (tmp_path / "model.safetensors").write_bytes(b"not JSON, not checked")
+    (tmp_path / "provenance.json").write_text("{ not read by any loader")  # the project's own: not checked
+    check_model_folder(tmp_path)
+    (tmp_path / "config.json").write_text("[]")
+    with pytest.raises(ModelFolderError, match=r"config.json:1:1: expected a JSON object, found an array"):
+        check_model_folder(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "generation_config.json").write_bytes(b'{"a": 1,\n "b": "\xff"}')
+    with pytest.raises(ModelFolderError, match=r"generation_config.json:2:8: not UTF-8 text \(byte 0xff\)"):
+        check_model_folder(tmp_path)
+    (tmp_path / "generation_config.json").write_text("")  # a copy that wrote nothing
+    with pytest.raises(ModelFolderError, match=r"generation_config.json:1:1: not valid JSON \(Expecting value\)"):
+        check_model_folder(tmp_path)
+
+
+# ------------------------------------------------------------------------------------ one writer per folder
+
+# Runs an evaluation of the bench whose sampler never returns: a first `fipo eval` in the middle of its work.
+STUCK_EVALUATION = """
+import sys, time
+from types import SimpleNamespace
+from fipo.eval.runner import evaluate
+from fipo.eval.sampling import SamplingSettings
+
+class Stuck:
+    tokenizer = SimpleNamespace(apply_chat_template=lambda messages, **kw: messages[-1]["content"])
+
+    def sample(self, prompts, settings, seed_offsets):
+        print("sampling", flush=True)
+        time.sleep(600)
+
+model, out, data = sys.argv[1:]
+evaluate(model, "tiny-test", out, SamplingSettings(n=3, max_tokens=8), backend="hf", data_dir=data, sampler=Stuck(),
+         log=lambda m: None)
+"""
+
+
+def test_a_second_evaluation_into_one_folder_is_refused_naming_the_first(bench):
+    """Before, both ran and appended to one samples.jsonl (every problem twice)."""
+    from fipo.folder_lock import FolderBusy
+
+    first = subprocess.Popen([sys.executable, "-c", STUCK_EVALUATION, str(bench.model), str(bench.out),
+                              str(bench.data)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline() == "sampling\n"
+        sampler = FakeSampler()
+        with pytest.raises(FolderBusy, match=rf"^{re.escape(str(bench.out))} is in use by fipo eval of "
+                                             rf"{re.escape(str(bench.model))} on tiny-test \(pid {first.pid} on .*"
+                                             rf"\(lock: .*\.eval\.lock\)$"):
+            run_eval(bench, sampler)
+        assert sampler.prompts == 0 and not (bench.out / "samples.jsonl").exists()
+    finally:
+        first.kill()  # SIGKILL: the kernel drops its lock
+        first.wait()
+        first.stdout.close()
+    sampler = FakeSampler()
+    assert run_eval(bench, sampler)["problems"] == 64 and sampler.prompts == 64
+    assert len((bench.out / "samples.jsonl").read_text().splitlines()) == 64 * FAST.n
+
+
+def test_a_second_conversion_into_one_target_is_refused_and_leaves_the_first_ones_files(tmp_path, monkeypatch):
+    from test_folder_lock import held_by_another_process
+
+    from fipo.eval import checkpoints
+    from fipo.folder_lock import FolderBusy
+
+    (tmp_path / "ckpt" / "global_step_5" / "actor").mkdir(parents=True)
+    target = tmp_path / "hf" / "global_step_5"
+    in_flight = target.with_name(".global_step_5.tmp-1")  # the holder's merger writes there
+    in_flight.mkdir(parents=True)
+    merges = []
+
+    def fake_merger(actor, tmp):  # writes a one-file "model" where verl's merger would
+        merges.append(tmp)
+        return [sys.executable, "-c", "import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(); "
+                "(p / 'model.safetensors').write_bytes(b'weights')", str(tmp)]
+
+    monkeypatch.setattr(checkpoints, "merge_command", fake_merger)
+    with held_by_another_process(target, "fipo convert of a run") as holder:
+        with pytest.raises(FolderBusy, match=rf"global_step_5 is in use by fipo convert of a run \(pid {holder.pid} "):
+            checkpoints.convert(tmp_path / "ckpt", 5, target)
+        assert merges == [] and in_flight.is_dir()  # the holder's half-made folder was not taken for a stale one
+    assert checkpoints.convert(tmp_path / "ckpt", 5, target) == target
+    assert (target / "model.safetensors").read_bytes() == b"weights"
+    assert json.loads((target / "provenance.json").read_text())["step"] == 5
+    assert not in_flight.exists()  # now it is stale: its conversion is gone

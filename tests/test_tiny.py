@@ -223,3 +223,24 @@ def test_fingerprints_change_with_what_makes_the_data_and_the_model(monkeypatch,
     (copy / "tiny.py").write_text(source)
     (copy / "data.py").write_text((copy / "data.py").read_text() + "\nDATA_EDITED = 1\n")
     assert tiny.model_fingerprint(code_root=copy) != model
+
+
+def test_a_second_build_into_one_folder_is_refused_before_it_trains(tmp_path):
+    """Before, both trained (~40 s each) and the second deleted the folder the first had renamed into place."""
+    import re
+    import time
+
+    from test_folder_lock import held_by_another_process
+
+    from fipo.folder_lock import FolderBusy
+    from fipo.tiny import build_tiny_base_model
+
+    out = tmp_path / "tiny" / "base_model"
+    logged = []
+    with held_by_another_process(out, "fipo tiny-model (seed 0)") as holder:
+        start = time.time()
+        with pytest.raises(FolderBusy, match=rf"^{re.escape(str(out))} is in use by fipo tiny-model \(seed 0\) "
+                                             rf"\(pid {holder.pid} on "):
+            build_tiny_base_model(out, log=logged.append)
+        assert time.time() - start < 5 and logged == []
+    assert [p.name for p in (tmp_path / "tiny").iterdir()] == [".base_model.lock"]  # no temporary model folder

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from fipo.files import write_text_atomic
+from fipo.folder_lock import folder_lock
 from fipo.provenance import folder_digest
 from fipo.run_folder import read_steps
 
@@ -83,11 +84,18 @@ def convert(checkpoint_dir: Path, step: int, target_dir: Path, provenance: dict 
     """Merge ``global_step_{step}/actor`` into ``target_dir``, whole or not at all: verl's merger writes a
     hidden sibling folder, which is renamed into place once complete (a killed conversion leaves no folder a
     later step could take for a model). ``target_dir/provenance.json`` says what it is: ``provenance`` (e.g.
-    the run's fingerprint), the step, and the digest of the merged files, which evaluations are keyed on."""
+    the run's fingerprint), the step, and the digest of the merged files, which evaluations are keyed on.
+    One conversion per target at a time (:func:`fipo.folder_lock.folder_lock`): a second is refused with
+    :class:`fipo.folder_lock.FolderBusy`, as it would delete the first one's hidden folder as stale."""
     actor = Path(checkpoint_dir) / f"global_step_{step}" / "actor"
     if not actor.is_dir():
         raise FileNotFoundError(f"no actor checkpoint at {actor}")
     target = Path(target_dir)
+    with folder_lock(target, f"fipo convert of {actor}"):
+        return _merge_into(actor, step, target, provenance)
+
+
+def _merge_into(actor: Path, step: int, target: Path, provenance: dict | None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a conversion that was killed
         shutil.rmtree(stale, ignore_errors=True)

@@ -9,12 +9,18 @@ or with ``on_change="restart"`` the old results are moved to ``superseded/`` and
 :mod:`fipo.eval.metrics`): they are part of the key, but the samples do not depend on them, so a change keeps
 the samples and recomputes ``summary.json`` from them (the pipeline passes ``--cons-unanswered``, so a changed
 rule reruns its eval jobs, which then only rewrite their summaries).
+
+One evaluation writes to a folder at a time: ``evaluate`` holds the folder's lock (:mod:`fipo.folder_lock`,
+``<parent>/.<folder>.lock``) throughout, and a second one into the same folder is refused at once with
+:class:`fipo.folder_lock.FolderBusy` naming the first. The benchmark file and the model folder's JSON files are
+checked where they are read: a damaged one is a ValueError naming the file (and its row, or line and column).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import statistics
 import time
@@ -28,9 +34,11 @@ import pandas as pd
 from fipo.data import DEFAULT_DATA_DIR, dataset_path, require_datasets
 from fipo.eval import BENCHMARKS
 from fipo.eval.metrics import DEFAULT_UNANSWERED, SUMMARY_VERSION, ProblemResult, describe_cons, summarize
+from fipo.eval.models import check_model_folder
 from fipo.eval.sampling import Sampler, SamplingSettings, make_sampler
 from fipo.eval.scoring import answer_equivalence, get_scorer
 from fipo.files import MalformedLineError, atomic_write, read_jsonl, write_text_atomic
+from fipo.folder_lock import folder_lock
 from fipo.provenance import file_digest, folder_digest, short
 
 SAMPLES_FILE, SUMMARY_FILE, SUMMARY_CSV, SETTINGS_FILE = "samples.jsonl", "summary.json", "summary.csv", "settings.json"
@@ -41,23 +49,46 @@ SUMMARY_KEYS = ("cons_unanswered", "summary_version")  # conventions of summary.
 SAMPLE_KEYS = ("problem_id", "sample_index", "response", "extracted_answer", "correct", "length", "finish_reason")
 
 
+class BenchmarkFileError(ValueError):
+    """A benchmark parquet that cannot be evaluated as it is: its file and, where there is one, its row."""
+
+
 def load_benchmark(name: str, data_dir: Path = DEFAULT_DATA_DIR) -> list[dict]:
-    """[{problem_id, messages, ground_truth}] from the benchmark's verl parquet (same prompt as training)."""
+    """[{problem_id, messages, ground_truth}] from the benchmark's verl parquet (same prompt as training).
+
+    Refused with :class:`BenchmarkFileError` (rows counted from 0, as pandas does): two rows with one problem id
+    (the evaluation is keyed on the id: the second problem would be scored with the first one's samples) and a
+    row without a ground truth (every answer would be scored against the text "None")."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; allowed: {', '.join(BENCHMARKS)}")
     require_datasets([name], data_dir)
-    frame = pd.read_parquet(dataset_path(name, data_dir))
-    problems = []
+    path = dataset_path(name, data_dir)
+    frame = pd.read_parquet(path)
+    problems, rows_of = [], {}  # rows_of: problem id -> its row
     for i, row in enumerate(frame.itertuples()):
-        extra = row.extra_info if isinstance(row.extra_info, dict) else {}
-        problems.append(
-            {
-                "problem_id": str(extra.get("problem_id", extra.get("index", i))),
-                "messages": [dict(m) for m in row.prompt],
-                "ground_truth": str(row.reward_model["ground_truth"]),
-            }
-        )
+        extra = row.extra_info if isinstance(getattr(row, "extra_info", None), dict) else {}
+        problem_id = str(extra.get("problem_id", extra.get("index", i)))
+        if problem_id in rows_of:
+            raise BenchmarkFileError(f"{path}: rows {rows_of[problem_id]} and {i} (counting from 0) have the same "
+                                     f"problem_id {problem_id!r}; each problem needs its own id")
+        rows_of[problem_id] = i
+        problems.append({"problem_id": problem_id, "messages": [dict(m) for m in row.prompt],
+                         "ground_truth": _ground_truth(getattr(row, "reward_model", None), path, i)})
     return problems
+
+
+def _ground_truth(reward_model, path: Path, row: int) -> str:
+    """The row's ``reward_model.ground_truth`` as text; a missing, null (None, NaN) or blank one is refused."""
+    if not isinstance(reward_model, dict):
+        problem = "no reward_model"
+    else:
+        truth = reward_model.get("ground_truth")
+        if isinstance(truth, float) and math.isnan(truth):  # how pandas may hand over a null
+            truth = None
+        if truth is not None and str(truth).strip():
+            return str(truth)
+        problem = "no reward_model.ground_truth" if truth is None else f"an empty ground truth ({truth!r})"
+    raise BenchmarkFileError(f"{path}: row {row} (counting from 0) has {problem}; every problem needs its answer")
 
 
 def read_finished(path: Path, n: int, problem_ids: Iterable[str],
@@ -206,52 +237,69 @@ def evaluate(
     score = get_scorer(scorer)
     describe_cons(cons_unanswered)  # an unknown rule fails here, before anything is written
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key = evaluation_key(model_path, benchmark, data_dir, scorer, settings, cons_unanswered)
-    _check_settings(out_dir, key, on_change, log)  # before anything expensive; writes nothing (restart: moves)
-    samples_path = out_dir / SAMPLES_FILE
-    finished = read_finished(samples_path, settings.n, (p["problem_id"] for p in problems), log)
+    # One evaluation per folder for its whole run: two would both append to samples.jsonl (every problem's
+    # samples twice) and move or rewrite each other's files.
+    with folder_lock(out_dir, f"fipo eval of {model_path} on {benchmark}"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        key = evaluation_key(model_path, benchmark, data_dir, scorer, settings, cons_unanswered)
+        check_model_folder(model_path)  # a damaged file named before it could read as "other settings"
+        _check_settings(out_dir, key, on_change, log)  # before anything expensive; writes nothing (restart: moves)
+        finished = _resume(out_dir / SAMPLES_FILE, settings.n, problems, log)
+        todo = [(i, p) for i, p in enumerate(problems) if p["problem_id"] not in finished]
+        log(f"[fipo eval] {benchmark}: {len(problems)} problems, {len(finished)} already done, {len(todo)} to sample")
+        if todo:
+            sampler = sampler or make_sampler(backend, model_path, tensor_parallel_size, settings.seed)
+        # Only now that the model loaded: a failed start (a typo in --model, a backend that cannot start) must not
+        # claim the folder for its settings.
+        write_text_atomic(out_dir / SETTINGS_FILE, json.dumps(key, indent=2) + "\n")
+        if todo:
+            _sample(todo, sampler, settings, score, out_dir / SAMPLES_FILE, finished, chunk_problems,
+                    lambda message: log(f"[fipo eval] {benchmark}: {message}"))
+        summary = summarize_records(problems, finished, scorer, cons_unanswered)
+        summary.update({"benchmark": benchmark, "model": str(model_path), "model_sha256": key["model_sha256"],
+                        "backend": backend, "settings": asdict(settings)})
+        write_summary(out_dir, summary)
+    return summary
+
+
+def _resume(samples_path: Path, n: int, problems: list[dict], log: Callable[[str], None]) -> dict[str, list[dict]]:
+    """The finished problems of an earlier run (:func:`read_finished`), with the sample file cut down to them."""
+    finished = read_finished(samples_path, n, (p["problem_id"] for p in problems), log)
     # Drop a torn tail (or add a missing final newline) before appending: whole new file or the old one.
     kept = "".join(json.dumps(r) + "\n" for records in finished.values() for r in records)
     if samples_path.exists() and samples_path.read_text() != kept:
         write_text_atomic(samples_path, kept)
-    todo = [(i, p) for i, p in enumerate(problems) if p["problem_id"] not in finished]
-    log(f"[fipo eval] {benchmark}: {len(problems)} problems, {len(finished)} already done, {len(todo)} to sample")
-    if todo:
-        sampler = sampler or make_sampler(backend, model_path, tensor_parallel_size, settings.seed)
-    # Only now that the model loaded: a failed start (a typo in --model, a backend that cannot start) must not
-    # claim the folder for its settings.
-    write_text_atomic(out_dir / SETTINGS_FILE, json.dumps(key, indent=2) + "\n")
-    if todo:
-        start = time.time()
-        for c in range(0, len(todo), chunk_problems):
-            chunk = todo[c : c + chunk_problems]
-            prompts = [
-                sampler.tokenizer.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True)
-                for _, p in chunk
-            ]
-            outputs = sampler.sample(prompts, settings, seed_offsets=[i for i, _ in chunk])
-            with open(samples_path, "a") as f:
-                for (_, problem), samples in zip(chunk, outputs):
-                    records = []
-                    for k, s in enumerate(samples):
-                        result = score(s.text, problem["ground_truth"])
-                        records.append({
-                            "problem_id": problem["problem_id"], "sample_index": k, "response": s.text,
-                            "extracted_answer": result.extracted, "correct": result.correct,
-                            "length": s.num_tokens, "finish_reason": s.finish_reason,
-                        })
-                    f.write("".join(json.dumps(r) + "\n" for r in records))
-                    f.flush()
-                    os.fsync(f.fileno())
-                    finished[problem["problem_id"]] = records
-            done = min(c + chunk_problems, len(todo))
-            log(f"[fipo eval] {benchmark}: {done}/{len(todo)} problems sampled ({time.time() - start:.0f} s)")
-    summary = summarize_records(problems, finished, scorer, cons_unanswered)
-    summary.update({"benchmark": benchmark, "model": str(model_path), "model_sha256": key["model_sha256"],
-                    "backend": backend, "settings": asdict(settings)})
-    write_summary(out_dir, summary)
-    return summary
+    return finished
+
+
+def _sample(todo: list[tuple[int, dict]], sampler: Sampler, settings: SamplingSettings, score, samples_path: Path,
+            finished: dict[str, list[dict]], chunk_problems: int, log: Callable[[str], None]) -> None:
+    """Sample, score and append the problems of ``todo`` ((index, problem) pairs), a chunk at a time, each
+    problem's n records in one write and fsync'd; adds them to ``finished``."""
+    start = time.time()
+    for c in range(0, len(todo), chunk_problems):
+        chunk = todo[c : c + chunk_problems]
+        prompts = [
+            sampler.tokenizer.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True)
+            for _, p in chunk
+        ]
+        outputs = sampler.sample(prompts, settings, seed_offsets=[i for i, _ in chunk])
+        with open(samples_path, "a") as f:
+            for (_, problem), samples in zip(chunk, outputs):
+                records = [_record(problem, k, s, score) for k, s in enumerate(samples)]
+                f.write("".join(json.dumps(r) + "\n" for r in records))
+                f.flush()
+                os.fsync(f.fileno())
+                finished[problem["problem_id"]] = records
+        done = min(c + chunk_problems, len(todo))
+        log(f"{done}/{len(todo)} problems sampled ({time.time() - start:.0f} s)")
+
+
+def _record(problem: dict, index: int, sample, score) -> dict:
+    result = score(sample.text, problem["ground_truth"])
+    return {"problem_id": problem["problem_id"], "sample_index": index, "response": sample.text,
+            "extracted_answer": result.extracted, "correct": result.correct, "length": sample.num_tokens,
+            "finish_reason": sample.finish_reason}
 
 
 def summarize_records(problems: list[dict], finished: dict[str, list[dict]], scorer: str = "math_dapo",

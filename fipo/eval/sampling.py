@@ -1,13 +1,16 @@
 """Sampling backends with one interface: vLLM on GPUs, transformers ``generate`` on CPU.
 
 ``sample(prompts, params)`` takes chat-formatted prompt strings and returns, per prompt, ``params.n``
-:class:`Sample` objects (text, token count, finish reason: ``stop`` or ``length``).
+:class:`Sample` objects (text, token count, finish reason: ``stop`` or ``length``). Both check the model folder's
+JSON files before loading it (:func:`fipo.eval.models.check_model_folder`): a damaged one is one line naming it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional, Protocol
+
+from fipo.eval.models import check_model_folder
 
 BACKENDS = ("vllm", "hf")
 
@@ -68,6 +71,7 @@ def samples_from_vllm_outputs(outputs) -> list[list[Sample]]:
 class VLLMSampler:
     def __init__(self, model_path: str, tensor_parallel_size: int = 1, max_model_len: Optional[int] = None,
                  gpu_memory_utilization: float = 0.9, seed: int = 0):
+        check_model_folder(model_path)
         from vllm import LLM
 
         self.llm = LLM(
@@ -89,6 +93,7 @@ class HFSampler:
     """transformers ``generate`` on CPU (or any torch device): for the tiny model and small checks."""
 
     def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 64):
+        check_model_folder(model_path)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
