@@ -22,23 +22,18 @@ and token dumps, ``provenance.json`` (what the run is: its fingerprint) and, onc
 
 from __future__ import annotations
 
-import dataclasses
-import fcntl
 import json
 import os
 import re
 import shutil
-import socket
-import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from fipo.code_digest import code_digest
 from fipo.determines import TRAIN, material
 from fipo.files import MalformedLineError, read_jsonl, write_text_atomic
+from fipo.folder_lock import FolderBusy, folder_lock, lock_path
 from fipo.integrations.cpu_run import CPU_SUPPORT_MODULE
 from fipo.provenance import digest_of, library_versions, short
 
@@ -49,8 +44,7 @@ COMPLETED_FILE = "completed.json"
 LOGGED_STEP_MARKER = "timing_s/step"  # verl logs it with every trained step's metrics
 
 
-class RunFolderBusy(RuntimeError):
-    """Another trainer holds the run folder's lock."""
+RunFolderBusy = FolderBusy  # another trainer holds the run folder's lock
 
 
 @dataclass(frozen=True)
@@ -104,7 +98,7 @@ class RunFolder:
 
     @property
     def lock_path(self) -> Path:
-        return self.run_dir.parent / f".{self.run_dir.name}.lock"
+        return lock_path(self.run_dir)
 
     @property
     def superseded_dir(self) -> Path:
@@ -113,30 +107,11 @@ class RunFolder:
 
     # ---------------------------------------------------------------------------------- lock
 
-    @contextmanager
-    def lock(self, what: str = "fipo train") -> Iterator[int]:
-        """Hold the folder's lock (non-blocking); yields the lock's file descriptor, which a child process that
-        must keep the folder locked (verl) inherits. Refused with :class:`RunFolderBusy` naming the holder."""
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = Path(self.lock_path).read_text().strip() or "an unknown process"
-                raise RunFolderBusy(
-                    f"run folder {self.run_dir} is in use by {holder}; wait for it to finish or stop it "
-                    f"(lock: {self.lock_path})"
-                ) from None
-            except OSError as err:  # a file system without flock (some Lustre/NFS mounts): say so, go on
-                print(f"[fipo] warning: cannot lock {self.lock_path} ({err.strerror}): this file system does not "
-                      f"support flock, so a second trainer on {self.run_dir} would not be refused", file=sys.stderr)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{what} (pid {os.getpid()} on {socket.gethostname()}, since "
-                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}, working directory {os.getcwd()})\n".encode(), 0)
-            yield fd
-        finally:
-            os.close(fd)  # releases the lock unless a child still holds the descriptor
+    def lock(self, what: str = "fipo train"):
+        """Hold the folder's lock (fipo.folder_lock: non-blocking); yields the lock's file descriptor, which a child
+        process that must keep the folder locked (verl) inherits. Refused with :class:`RunFolderBusy` naming the
+        holder."""
+        return folder_lock(self.run_dir, what)
 
     # ---------------------------------------------------------------------------------- fingerprint
 

@@ -806,6 +806,155 @@ def test_a_notebook_without_a_needed_metric_fails_naming_run_and_metric(smoke, t
 
 # ------------------------------------------------------------------------------------ provenance and faults
 
+# ------------------------------------------------------------------------------------ what a setting reruns
+
+# The compute jobs each stage's change reruns (the figures, tables and index after them follow their inputs).
+RERUN_BY_STAGE = {
+    "nothing": set(),
+    "evaluate": {"evaluate"},
+    "convert": {"convert", "evaluate"},
+    "train": {"train", "lengths", "convert", "evaluate"},
+}
+COMPUTE_RULES = {"tiny_data", "tiny_model", "train", "lengths", "convert", "evaluate"}
+# A representative change of each pipeline config key (workflow/schemas/config.schema.yaml declares its stage),
+# or why the finished smoke DAG cannot show it.
+CONFIG_CHANGES = {
+    "train.timeout_s": "train={timeout_s: 1234}",
+    "train.ray_address": "train={ray_address: auto}",
+    "train.runtime_min": "train={runtime_min: 77}",
+    "train.cpu_side_by_side": "train={cpu_side_by_side: 1}",
+    "eval.runtime_min": "eval={runtime_min: 99}",
+    "eval.n": "eval={n: 3}",
+}
+NOT_SHOWN = {
+    "preset": "scope: another preset is another DAG", "experiments": "scope: selects jobs", "seeds": "scope",
+    "study.experiments": "scope", "study.seeds": "scope",
+    "study.overrides": "the smoke DAG has no study runs", "study.window": "the smoke DAG has no study report",
+    "dapo_source": "the tiny preset reads no DAPO data",
+    "train.overrides": "the smoke config sets them: test_an_override_reruns_the_training_it_determines",
+    "results_dir": "the smoke config sets it: test_another_spelling_of_the_same_folders_reruns_nothing",
+    "data_dir": "as results_dir",
+}
+
+
+def dry_run(smoke, *args, env=None) -> str:
+    out = subprocess.run([*smoke["cmd"], "-n", *args], cwd=ROOT, env={**smoke["env"], **(env or {})},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def compute_jobs(plan: str) -> set[str]:
+    return set(job_counts(plan)) & COMPUTE_RULES
+
+
+def test_every_pipeline_config_key_is_shown_or_says_why_not():
+    from fipo.determines import schema_declarations
+
+    declared = schema_declarations(yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()))
+    assert set(declared) == set(CONFIG_CHANGES) | set(NOT_SHOWN)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", sorted(CONFIG_CHANGES))
+def test_a_pipeline_setting_reruns_exactly_the_stage_it_declares(smoke, key):
+    from fipo.determines import schema_declarations
+
+    stage = schema_declarations(yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()))[key]
+    # --config replaces the smoke file's sections it names: keep their other keys
+    smoke_config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    section, _, _ = key.partition(".")
+    change = yaml.safe_load(CONFIG_CHANGES[key].split("=", 1)[1])
+    merged = {**(smoke_config.get(section) or {}), **change}
+    plan = dry_run(smoke, "--config", f"{section}={json.dumps(merged)}")
+    if stage == "nothing":
+        assert "Nothing to be done" in plan, (key, plan[-3000:])
+    else:
+        assert compute_jobs(plan) == RERUN_BY_STAGE[stage], (key, plan[-3000:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key, value, stage", [
+    ("evaluation.checkpoint", "best", "convert"),
+    ("evaluation.max_tokens", 48, "evaluate"),
+    ("evaluation.temperature", 0.9, "evaluate"),
+    ("evaluation.scorer", "math_dapo_strict", "evaluate"),
+    ("defaults.trainer.timeout_s", 1200, "nothing"),
+    ("defaults.trainer.loggers", ["console", "file"], "nothing"),
+    ("defaults.fipo.allow_on_policy", True, "nothing"),
+    ("defaults.trainer.project_name", "renamed", "nothing"),
+])
+def test_a_spec_setting_reruns_exactly_the_stage_it_declares(smoke, tmp_path, key, value, stage):
+    config = tmp_path / "config"
+    shutil.copytree(ROOT / "config", config)
+    preset = config / "presets" / "tiny.yaml"
+    spec = yaml.safe_load(preset.read_text())
+    *parents, leaf = key.split(".")
+    node = spec
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    preset.write_text(yaml.safe_dump(spec, sort_keys=False))
+    plan = dry_run(smoke, env={"FIPO_CONFIG_DIR": str(config)})
+    if stage == "nothing":
+        assert "Nothing to be done" in plan, (key, plan[-3000:])
+    else:
+        assert compute_jobs(plan) == RERUN_BY_STAGE[stage], (key, plan[-3000:])
+        runs = len(SMOKE_EXPERIMENTS)
+        assert job_counts(plan)[stage] == runs, plan[-3000:]  # every run's, and only once
+
+
+@pytest.mark.slow
+def test_an_override_reruns_the_training_it_determines(smoke):
+    smoke_train = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["train"]
+    train = {**smoke_train, "overrides": [*smoke_train["overrides"], "actor_rollout_ref.actor.optim.weight_decay=0.05"]}
+    plan = dry_run(smoke, "--config", f"train={json.dumps(train)}")
+    assert compute_jobs(plan) == RERUN_BY_STAGE["train"], plan[-3000:]
+    assert job_counts(plan)["train"] == len(SMOKE_EXPERIMENTS)
+    # an override that only spells the spec's own value again changes nothing
+    same = {**smoke_train, "overrides": [*smoke_train["overrides"], "trainer.save_freq=1"]}
+    assert "Nothing to be done" in dry_run(smoke, "--config", f"train={json.dumps(same)}")
+
+
+@pytest.mark.slow
+def test_another_spelling_of_the_same_folders_reruns_nothing(smoke, tmp_path):
+    paths = tmp_path / "paths.yaml"  # relative where the smoke config gave absolute paths
+    paths.write_text(yaml.safe_dump({"results_dir": os.path.relpath(smoke["results"], ROOT) + "/",
+                                     "data_dir": os.path.relpath(smoke["data"], ROOT) + "/."}, allow_unicode=True))
+    cmd = [*smoke["cmd"][:-1], str(paths), "-n"]
+    out = subprocess.run(cmd, cwd=ROOT, env=smoke["env"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_never_trained_further(smoke):
+    """`fipo train` of a finished run with the same fingerprint does nothing and says so, even after the
+    pipeline removed its run.json (as Snakemake does before it reruns a job): verl 0.9.1 would resume from the last
+    checkpoint and train on past total_training_steps."""
+    from fipo.provenance import folder_digest
+
+    run = smoke["results"] / "tiny" / "runs" / "grpo"
+    checkpoints = run / "checkpoints"
+    before = {"steps": sorted(p.name for p in checkpoints.glob("global_step_*")),
+              "latest": (checkpoints / "latest_checkpointed_iteration.txt").read_text(),
+              "model": folder_digest(checkpoints), "metrics": (run / "metrics.jsonl").read_text()}
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").unlink()
+    overrides = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["train"]["overrides"]
+    cmd = [sys.executable, "-m", "fipo", "train", "--preset", "tiny", "--experiment", "grpo", "--results-dir",
+           str(smoke["results"]), "--data-dir", str(smoke["data"]), "--record", str(run / "run.json"),
+           *[arg for o in overrides for arg in ("--override", o)]]
+    out = subprocess.run(cmd, cwd=ROOT, env=smoke["env"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "nothing to train" in out.stderr, out.stderr[-3000:]
+    after = {"steps": sorted(p.name for p in checkpoints.glob("global_step_*")),
+             "latest": (checkpoints / "latest_checkpointed_iteration.txt").read_text(),
+             "model": folder_digest(checkpoints), "metrics": (run / "metrics.jsonl").read_text()}
+    assert after == before
+    assert json.loads((run / "run.json").read_text())["fingerprint"] == record["fingerprint"]
+    assert "Nothing to be done" in dry_run(smoke)  # the record is back: the DAG is finished as before
+
+
 EDITED = "fipo-maxlen-25k"  # its artifact (Figure 8) reads length statistics: every kind of job reruns
 
 
@@ -1047,150 +1196,82 @@ def test_the_study_trains_every_seed_and_reports_the_claims(tmp_path, ray_dir):
                                              config=[study, f"data_dir={tmp_path / 'data'}"]).stdout.lower()
 
 
-# ------------------------------------------------------------------------------------ what a setting reruns
-
-# The compute jobs each stage's change reruns (the figures, tables and index after them follow their inputs).
-RERUN_BY_STAGE = {
-    "nothing": set(),
-    "evaluate": {"evaluate"},
-    "convert": {"convert", "evaluate"},
-    "train": {"train", "lengths", "convert", "evaluate"},
-}
-COMPUTE_RULES = {"tiny_data", "tiny_model", "train", "lengths", "convert", "evaluate"}
-# A representative change of each pipeline config key (workflow/schemas/config.schema.yaml declares its stage),
-# or why the finished smoke DAG cannot show it.
-CONFIG_CHANGES = {
-    "train.timeout_s": "train={timeout_s: 1234}",
-    "train.ray_address": "train={ray_address: auto}",
-    "train.runtime_min": "train={runtime_min: 77}",
-    "train.cpu_side_by_side": "train={cpu_side_by_side: 1}",
-    "eval.runtime_min": "eval={runtime_min: 99}",
-    "eval.n": "eval={n: 3}",
-}
-NOT_SHOWN = {
-    "preset": "scope: another preset is another DAG", "experiments": "scope: selects jobs", "seeds": "scope",
-    "study.experiments": "scope", "study.seeds": "scope",
-    "study.overrides": "the smoke DAG has no study runs", "study.window": "the smoke DAG has no study report",
-    "dapo_source": "the tiny preset reads no DAPO data",
-    "train.overrides": "the smoke config sets them: test_an_override_reruns_the_training_it_determines",
-    "results_dir": "the smoke config sets it: test_another_spelling_of_the_same_folders_reruns_nothing",
-    "data_dir": "as results_dir",
-}
-
-
-def dry_run(smoke, *args, env=None) -> str:
-    out = subprocess.run([*smoke["cmd"], "-n", *args], cwd=ROOT, env={**smoke["env"], **(env or {})},
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out.stdout + out.stderr
-
-
-def compute_jobs(plan: str) -> set[str]:
-    return set(job_counts(plan)) & COMPUTE_RULES
-
-
-def test_every_pipeline_config_key_is_shown_or_says_why_not():
-    from fipo.determines import schema_declarations
-
-    declared = schema_declarations(yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()))
-    assert set(declared) == set(CONFIG_CHANGES) | set(NOT_SHOWN)
+def python_descendants(pid: int) -> list[tuple[psutil.Process, str]]:
+    """(process, command line) of the Python processes below ``pid`` (not the shells that run them)."""
+    found = []
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return found
+    for child in children:
+        try:
+            if child.name().startswith("python"):
+                found.append((child, " ".join(child.cmdline()) + " "))
+        except psutil.NoSuchProcess:
+            pass
+    return found
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", sorted(CONFIG_CHANGES))
-def test_a_pipeline_setting_reruns_exactly_the_stage_it_declares(smoke, key):
-    from fipo.determines import schema_declarations
-
-    stage = schema_declarations(yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()))[key]
-    # --config replaces the smoke file's sections it names: keep their other keys
-    smoke_config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    section, _, _ = key.partition(".")
-    change = yaml.safe_load(CONFIG_CHANGES[key].split("=", 1)[1])
-    merged = {**(smoke_config.get(section) or {}), **change}
-    plan = dry_run(smoke, "--config", f"{section}={json.dumps(merged)}")
-    if stage == "nothing":
-        assert "Nothing to be done" in plan, (key, plan[-3000:])
-    else:
-        assert compute_jobs(plan) == RERUN_BY_STAGE[stage], (key, plan[-3000:])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("key, value, stage", [
-    ("evaluation.checkpoint", "best", "convert"),
-    ("evaluation.max_tokens", 48, "evaluate"),
-    ("evaluation.temperature", 0.9, "evaluate"),
-    ("evaluation.scorer", "math_dapo_strict", "evaluate"),
-    ("defaults.trainer.timeout_s", 1200, "nothing"),
-    ("defaults.trainer.loggers", ["console", "file"], "nothing"),
-    ("defaults.fipo.allow_on_policy", True, "nothing"),
-    ("defaults.trainer.project_name", "renamed", "nothing"),
-])
-def test_a_spec_setting_reruns_exactly_the_stage_it_declares(smoke, tmp_path, key, value, stage):
+def test_a_snakemake_killed_alone_leaves_one_writer_and_the_next_waits_for_it(smoke, tmp_path, ray_dir):
+    """kill -9 of Snakemake's own pid (not its process group) orphans the running job. The next Snakemake, even a
+    dry run, refuses to start while that job lives, naming its pid, instead of starting a second writer beside
+    it; once it has finished, a run completes without training past the run's end or sampling anything twice.
+    Once during training, once during evaluation. (fipo-maxlen-25k's learning rate edited once more: 1e-4.)"""
+    results = smoke["results"]
+    run, evaluation = results / "tiny" / "runs" / EDITED, results / "tiny" / "eval" / EDITED / "tiny-test"
     config = tmp_path / "config"
     shutil.copytree(ROOT / "config", config)
     preset = config / "presets" / "tiny.yaml"
-    spec = yaml.safe_load(preset.read_text())
-    *parents, leaf = key.split(".")
-    node = spec
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-    preset.write_text(yaml.safe_dump(spec, sort_keys=False))
-    plan = dry_run(smoke, env={"FIPO_CONFIG_DIR": str(config)})
-    if stage == "nothing":
-        assert "Nothing to be done" in plan, (key, plan[-3000:])
-    else:
-        assert compute_jobs(plan) == RERUN_BY_STAGE[stage], (key, plan[-3000:])
-        runs = len(SMOKE_EXPERIMENTS)
-        assert job_counts(plan)[stage] == runs, plan[-3000:]  # every run's, and only once
+    block = "reward: {overlong_buffer_len: 16}"
+    preset.write_text(preset.read_text().replace(block, block + "\n      policy: {lr: 1.0e-4}"))
+    env = {**smoke["env"], "FIPO_CONFIG_DIR": str(config)}
+    old_fingerprint = json.loads((run / "provenance.json").read_text())["fingerprint"]
+    old_model = json.loads((evaluation / "settings.json").read_text())["model_sha256"]
 
+    def ready(kind: str) -> bool:
+        if kind == "train":
+            provenance = run / "provenance.json"
+            return provenance.is_file() and json.loads(provenance.read_text())["fingerprint"] != old_fingerprint
+        settings, samples = evaluation / "settings.json", evaluation / "samples.jsonl"
+        return (settings.is_file() and json.loads(settings.read_text())["model_sha256"] != old_model
+                and samples.is_file() and len(samples.read_text().splitlines()) >= 4)
 
-@pytest.mark.slow
-def test_an_override_reruns_the_training_it_determines(smoke):
-    smoke_train = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["train"]
-    train = {**smoke_train, "overrides": [*smoke_train["overrides"], "actor_rollout_ref.actor.optim.weight_decay=0.05"]}
-    plan = dry_run(smoke, "--config", f"train={json.dumps(train)}")
-    assert compute_jobs(plan) == RERUN_BY_STAGE["train"], plan[-3000:]
-    assert job_counts(plan)["train"] == len(SMOKE_EXPERIMENTS)
-    # an override that only spells the spec's own value again changes nothing
-    same = {**smoke_train, "overrides": [*smoke_train["overrides"], "trainer.save_freq=1"]}
-    assert "Nothing to be done" in dry_run(smoke, "--config", f"train={json.dumps(same)}")
-
-
-@pytest.mark.slow
-def test_another_spelling_of_the_same_folders_reruns_nothing(smoke, tmp_path):
-    paths = tmp_path / "paths.yaml"  # relative where the smoke config gave absolute paths
-    paths.write_text(yaml.safe_dump({"results_dir": os.path.relpath(smoke["results"], ROOT) + "/",
-                                     "data_dir": os.path.relpath(smoke["data"], ROOT) + "/."}, allow_unicode=True))
-    cmd = [*smoke["cmd"][:-1], str(paths), "-n"]
-    out = subprocess.run(cmd, cwd=ROOT, env=smoke["env"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
-
-
-@pytest.mark.slow
-def test_a_finished_run_is_never_trained_further(smoke):
-    """`fipo train` of a finished run with the same fingerprint does nothing and says so, even after the
-    pipeline removed its run.json (as Snakemake does before it reruns a job): verl 0.9.1 would resume from the last
-    checkpoint and train on past total_training_steps."""
-    from fipo.provenance import folder_digest
-
-    run = smoke["results"] / "tiny" / "runs" / "grpo"
-    checkpoints = run / "checkpoints"
-    before = {"steps": sorted(p.name for p in checkpoints.glob("global_step_*")),
-              "latest": (checkpoints / "latest_checkpointed_iteration.txt").read_text(),
-              "model": folder_digest(checkpoints), "metrics": (run / "metrics.jsonl").read_text()}
-    record = json.loads((run / "run.json").read_text())
-    (run / "run.json").unlink()
-    overrides = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["train"]["overrides"]
-    cmd = [sys.executable, "-m", "fipo", "train", "--preset", "tiny", "--experiment", "grpo", "--results-dir",
-           str(smoke["results"]), "--data-dir", str(smoke["data"]), "--record", str(run / "run.json"),
-           *[arg for o in overrides for arg in ("--override", o)]]
-    out = subprocess.run(cmd, cwd=ROOT, env=smoke["env"], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "nothing to train" in out.stderr, out.stderr[-3000:]
-    after = {"steps": sorted(p.name for p in checkpoints.glob("global_step_*")),
-             "latest": (checkpoints / "latest_checkpointed_iteration.txt").read_text(),
-             "model": folder_digest(checkpoints), "metrics": (run / "metrics.jsonl").read_text()}
-    assert after == before
-    assert json.loads((run / "run.json").read_text())["fingerprint"] == record["fingerprint"]
-    assert "Nothing to be done" in dry_run(smoke)  # the record is back: the DAG is finished as before
+    refusals = []
+    for kind, marker in (("train", " -m fipo train "), ("evaluate", " -m fipo eval ")):
+        log = open(tmp_path / f"{kind}.log", "w")
+        process = subprocess.Popen(smoke["cmd"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        orphan = None
+        while orphan is None:
+            assert process.poll() is None, (tmp_path / f"{kind}.log").read_text()[-3000:]
+            jobs = [p for p, line in python_descendants(process.pid) if marker in line and EDITED in line]
+            if jobs and ready(kind):
+                orphan = jobs[0]
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)  # Snakemake alone: its job goes on
+        process.wait(timeout=60)
+        log.close()
+        assert orphan.is_running()
+        for args in ([], ["-n"]):
+            refused = subprocess.run([*smoke["cmd"], *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                                     timeout=1800)
+            text = refused.stdout + refused.stderr
+            if "still running" not in text and not orphan.is_running():  # it finished first: nothing to refuse
+                break
+            assert refused.returncode != 0 and f"pid {orphan.pid}" in text and "still running" in text, text[-3000:]
+            refusals.append(kind)
+        orphan.wait(timeout=900)
+    assert "train" in refusals, refusals  # a 2-step training outlives two Snakemake starts
+    final = subprocess.run(smoke["cmd"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert final.returncode == 0, (final.stdout + final.stderr)[-5000:]
+    train_log = (results / "logs" / "tiny" / "train" / f"{EDITED}.log").read_text()
+    assert "nothing to train" in train_log, train_log[-2000:]  # the orphan had finished the run: not trained on
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [0, 1, 2] and len(list(run.glob("metrics.attempt-*.jsonl"))) == 1  # one trainer, once
+    samples = [json.loads(line) for line in (evaluation / "samples.jsonl").read_text().splitlines()]
+    keys = [(s["problem_id"], s["sample_index"]) for s in samples]
+    assert len(keys) == len(set(keys)) == 64 * 4  # one writer: every sample once
+    assert verl_processes_after(str(ray_dir)) == []
+    rerun = subprocess.run([*smoke["cmd"], "-n"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert "Nothing to be done" in rerun.stdout + rerun.stderr, rerun.stdout[-3000:]

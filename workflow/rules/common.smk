@@ -30,6 +30,7 @@ from fipo.experiment import (
     with_seed,
 )
 from fipo.code_digest import code_digest
+from fipo.folder_lock import held_locks
 from fipo.determines import CONVERT, EVALUATE, REPORT, config_material, fingerprint
 from fipo.provenance import project_version
 from fipo.run_folder import parse_run_name, run_name, run_seeds, spec_fingerprint
@@ -102,6 +103,7 @@ def release_stale_locks(state_dir=Path(".snakemake")):
     fd = os.open(state_dir / "fipo-pipeline.alive", os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        ALONE[0] = True
         stale = sorted((state_dir / "locks").glob("*.lock"))
         for path in stale:
             path.unlink()
@@ -116,6 +118,7 @@ def release_stale_locks(state_dir=Path(".snakemake")):
     PIPELINE_ALIVE_FD = fd  # held (shared) until this process ends
 
 
+ALONE = [False]  # no other Snakemake of this pipeline is alive (release_stale_locks)
 release_stale_locks()
 SCHEMA_TREE = yaml.safe_load(SCHEMA.read_text())
 config.update(typed_cli_values(dict(config), SCHEMA_TREE))
@@ -128,6 +131,15 @@ PRESET = config["preset"]
 # target the user names match; any character is allowed, every shell use is quoted.
 RESULTS = folder_setting("results_dir")
 DATA = folder_setting("data_dir")
+# With no other Snakemake of this pipeline alive, a held folder lock is a job that outlived its Snakemake (killed
+# alone: its jobs go on) or a fipo command started by hand: the same job started again would be a second writer.
+_held = held_locks(RESULTS) if ALONE[0] else []
+if _held:
+    raise WorkflowError(
+        "a job is still running in the results folder, with no Snakemake of this pipeline alive (one killed "
+        "alone leaves its jobs running): " + "; ".join(_held) + ". Wait for it to finish or stop it (kill PID), "
+        "then run Snakemake again"
+    )
 # The project's environment. Run inside it (venv or `conda activate fipo-workbench`), every rule uses the
 # interpreter snakemake runs on. With `--sdm conda`, Snakemake activates the named environment CONDA_ENV
 # (made once from environment.yml; named, so nothing is copied or built under .snakemake/conda/) in each job,
