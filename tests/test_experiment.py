@@ -125,6 +125,10 @@ def edit_preset(config_dir: Path, preset: str, edit):
         (lambda d: d["defaults"]["fipo"].update(taux=32), r"unknown key\(s\) \['taux'\].*allowed: .*'tau'"),
         (lambda d: d["defaults"]["fipo"].update(safety_mode="zero"), "fipo.safety_mode.*allowed: reset, clamp"),
         (lambda d: d["defaults"]["rollout"].update(n="16"), "rollout.n: expected an integer"),
+        (lambda d: d["defaults"]["rollout"].update(top_p=1.5), r"rollout.top_p: a probability mass must be in \(0, 1\]"),
+        (lambda d: d["defaults"].setdefault("validation", {}).update(top_p=1.01), r"validation.top_p: a probability"),
+        (lambda d: d["defaults"]["trainer"].update(seed=2**32), r"trainer.seed: must be in \[0, 2\*\*32\)"),
+        (lambda d: d["defaults"]["trainer"].update(seed=-1), r"trainer.seed: must be in \[0, 2\*\*32\)"),
         # strict types: YAML's true is not 1, 16.0 is not a group size, 1 is not true, a word is not a list
         (lambda d: d["defaults"]["rollout"].update(n=True), "rollout.n: expected an integer, got True"),
         (lambda d: d["defaults"]["rollout"].update(n=16.0), "rollout.n: expected an integer, got 16.0"),
