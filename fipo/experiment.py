@@ -243,7 +243,8 @@ class Experiment:
     rollout: RolloutSpec
     validation: ValidationSpec
     trainer: TrainerSpec
-    engine: Annotated[dict[str, Any], TRAIN]  # verl keys for parallelism/memory at this scale, passed through as overrides
+    # verl keys for parallelism/memory at this scale, passed through as overrides
+    engine: Annotated[dict[str, Any], TRAIN]
 
     @property
     def run_id(self) -> str:

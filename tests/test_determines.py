@@ -72,8 +72,8 @@ def changed(obj, key: str):
     return dataclasses.replace(obj, **{head: other_value(obj, head, key_path(obj, head))})
 
 
-SECTION_NAMES = {**{cls: name for name, cls in typing.get_type_hints(Experiment).items() if dataclasses.is_dataclass(cls)},
-                 EvaluationSpec: "evaluation", ReleasedSpec: "released"}
+SECTION_NAMES = {cls: name for name, cls in typing.get_type_hints(Experiment).items() if dataclasses.is_dataclass(cls)}
+SECTION_NAMES |= {EvaluationSpec: "evaluation", ReleasedSpec: "released"}
 
 
 def key_path(owner, name: str) -> str:

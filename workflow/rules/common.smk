@@ -80,8 +80,8 @@ def strict_config_errors(value, schema, path="config"):
 
 def folder_setting(key):
     """results_dir/data_dir as a folder: `~` expanded, normalised (`results/`, `./results`, `results` and its
-    absolute path are one folder), and refused where Snakemake or this pipeline cannot use it: braces (Snakemake reads them as
-    wildcards) or the working directory itself (the repository's own files would sit among the results)."""
+    absolute path are one folder), and refused where Snakemake or this pipeline cannot use it: braces (Snakemake
+    reads them as wildcards) or the working directory itself (the repository's files would sit among results)."""
     path = os.path.abspath(os.path.expanduser(config[key]))
     if "{" in path or "}" in path:
         _fail(f"{key}: {config[key]!r} holds a brace, which Snakemake reads as a wildcard; name another folder")
@@ -127,8 +127,8 @@ for _error in strict_config_errors(config, SCHEMA_TREE):
     raise WorkflowError(f"config error: {_error}")
 
 PRESET = config["preset"]
-# Normalised (`results/`, `./results` and `results` are one folder), so that every rule's output and every
-# target the user names match; any character is allowed, every shell use is quoted.
+# One spelling per folder (folder_setting), so that every rule's output and every target the user names match;
+# any other character is allowed, every shell use is quoted.
 RESULTS = folder_setting("results_dir")
 DATA = folder_setting("data_dir")
 # With no other Snakemake of this pipeline alive, a held folder lock is a job that outlived its Snakemake (killed
