@@ -74,8 +74,8 @@ def cmd_train(args) -> int:
         if finished is not None:  # verl would resume from its last checkpoint and train past the end
             log(f"[fipo] {exp.run_id}: already trained to step {finished.get('last_step')} with this fingerprint; "
                 "nothing to train")
-            if args.record:
-                write_text_atomic(args.record, json.dumps(finished, indent=2) + "\n")
+            if args.record:  # the record as it was written when the run finished, byte for byte
+                write_text_atomic(args.record, run.completed.read_text())
             return 0
         start = time.time()
         code = training.run_training(exp, run, overrides, timeout_s=args.timeout or exp.trainer.timeout_s,

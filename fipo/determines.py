@@ -32,7 +32,6 @@ REPORT = "report"
 SCOPE = "scope"
 NOTHING = "nothing"
 STAGES = (TRAIN, CONVERT, EVALUATE, REPORT, SCOPE, NOTHING)
-FINGERPRINTED = (TRAIN, CONVERT, EVALUATE, REPORT)  # the stages a job's fingerprint is made for
 SECTION = "section"  # a field that is a declared dataclass itself: each of its fields says what it determines
 
 

@@ -787,9 +787,10 @@ def load_experiment(preset: str, name: str, config_dir: Path = CONFIG_DIR) -> Ex
     _require(isinstance(engine, dict), f"{where}: engine", f"expected a mapping, got {engine!r}", note)
     engine = flatten(engine)
     for key in engine:
-        _require(spec_key(key) is None, f"{where}: engine.{key}",
-                 f"the spec's {spec_key(key)} writes this verl key; set {spec_key(key)} instead", note)
-        _require(refusal(key) is None, f"{where}: engine.{key}", f"this verl key {refusal(key)}", note)
+        owner, why = spec_key(key), refusal(key)
+        _require(owner is None, f"{where}: engine.{key}",
+                 f"the spec's {owner} writes this verl key; set {owner} instead", note)
+        _require(why is None, f"{where}: engine.{key}", f"this verl key {why}", note)
     chain = _experiment_chain(_load_preset(preset, config_dir), preset, name)
     exp = Experiment(
         preset=preset,
@@ -834,12 +835,12 @@ def with_overrides(exp: Experiment, overrides: list[str] | tuple[str, ...], sour
     engine = dict(exp.engine)
     for text in overrides:
         key, value = parse_override(text, source)
-        owner = spec_key(key)
+        owner, why = spec_key(key), refusal(key)
         if owner is not None:
             section_name, field_name = owner.split(".")
             sections[section_name][field_name] = value
-        elif refusal(key) is not None:
-            raise SpecError(f"{source} {text!r}: this verl key {refusal(key)}")
+        elif why is not None:
+            raise SpecError(f"{source} {text!r}: this verl key {why}")
         else:
             engine[key] = value
     where = f"preset {exp.preset!r}, experiment {exp.name!r} with {source} {list(overrides)}"

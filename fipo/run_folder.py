@@ -314,8 +314,12 @@ def spec_fingerprint(exp, version: str) -> str:
     train jobs rerun when it changes (Snakemake's params trigger; changed inputs it sees by itself). The library
     versions are those of the process that asks: Snakemake's, which is the runs' own environment unless the
     pipeline runs with --use-conda (then a library upgrade is caught by `fipo train`'s full fingerprint)."""
-    return digest_of({"experiment": material(exp, TRAIN), "project_version": version, "code": training_code(exp),
-                      "libraries": library_versions()})
+    return digest_of(_spec_material(exp, version))
+
+
+def _spec_material(exp, version: str) -> dict:
+    return {"experiment": material(exp, TRAIN), "project_version": version, "code": training_code(exp),
+            "libraries": library_versions()}
 
 
 def run_provenance(exp, portable_overrides: list[str], data_files: dict[str, Path], model: dict, version: str) -> dict:
@@ -325,8 +329,10 @@ def run_provenance(exp, portable_overrides: list[str], data_files: dict[str, Pat
     (dataset name -> file) and the model (its spec path and, for a local folder, its content digest)."""
     from fipo.provenance import file_digest
 
-    material = {"spec_fingerprint": spec_fingerprint(exp, version), "overrides": portable_overrides,
+    spec = _spec_material(exp, version)
+    identity = {"spec_fingerprint": digest_of(spec), "overrides": portable_overrides,
                 "data": {name: file_digest(path) for name, path in sorted(data_files.items())}, "model": model}
-    about = {"preset": exp.preset, "experiment": exp.name, "project_version": version, "code": training_code(exp),
-             "libraries": library_versions()}  # already in the spec fingerprint: shown, not hashed twice
-    return {**about, **material, "fingerprint": digest_of(material)}
+    # the spec fingerprint's version, code and libraries shown beside it (hashed once, through it)
+    shown = {"preset": exp.preset, "experiment": exp.name, "project_version": version, "code": spec["code"],
+             "libraries": spec["libraries"]}
+    return {**shown, **identity, "fingerprint": digest_of(identity)}

@@ -97,13 +97,15 @@ def release_stale_locks(state_dir=Path(".snakemake")):
     """A Snakemake killed with SIGKILL (or by a power loss) leaves its locks behind, and the next run refuses to
     start until `snakemake --unlock`. Every Snakemake of this pipeline holds a shared flock on one file for its
     lifetime (the kernel drops it however the process dies): one that gets it exclusively is the only one alive
-    here, so any lock left in .snakemake/locks is stale and is removed, as --unlock would."""
+    here, so any lock left in .snakemake/locks is stale and is removed, as --unlock would. Returns whether this
+    Snakemake is alone (False where another runs, or where the file system has no flock)."""
     global PIPELINE_ALIVE_FD
     state_dir.mkdir(exist_ok=True)
     fd = os.open(state_dir / "fipo-pipeline.alive", os.O_RDWR | os.O_CREAT, 0o666)
+    alone = False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        ALONE[0] = True
+        alone = True
         stale = sorted((state_dir / "locks").glob("*.lock"))
         for path in stale:
             path.unlink()
@@ -113,18 +115,18 @@ def release_stale_locks(state_dir=Path(".snakemake")):
         pass  # another Snakemake of this pipeline is running: its locks are live
     except OSError:  # a file system without flock: leave the locks to `snakemake --unlock`, as without us
         os.close(fd)
-        return
+        return False
     fcntl.flock(fd, fcntl.LOCK_SH)
     PIPELINE_ALIVE_FD = fd  # held (shared) until this process ends
+    return alone
 
 
-ALONE = [False]  # no other Snakemake of this pipeline is alive (release_stale_locks)
-release_stale_locks()
+ALONE = release_stale_locks()  # no other Snakemake of this pipeline is alive
 SCHEMA_TREE = yaml.safe_load(SCHEMA.read_text())
 config.update(typed_cli_values(dict(config), SCHEMA_TREE))
 validate(config, schema=str(SCHEMA))
 for _error in strict_config_errors(config, SCHEMA_TREE):
-    raise WorkflowError(f"config error: {_error}")
+    _fail(_error)
 
 PRESET = config["preset"]
 # One spelling per folder (folder_setting), so that every rule's output and every target the user names match;
@@ -133,7 +135,7 @@ RESULTS = folder_setting("results_dir")
 DATA = folder_setting("data_dir")
 # With no other Snakemake of this pipeline alive, a held folder lock is a job that outlived its Snakemake (killed
 # alone: its jobs go on) or a fipo command started by hand: the same job started again would be a second writer.
-_held = held_locks(RESULTS) if ALONE[0] else []
+_held = held_locks(RESULTS) if ALONE else []
 if _held:
     raise WorkflowError(
         "a job is still running in the results folder, with no Snakemake of this pipeline alive (one killed "
