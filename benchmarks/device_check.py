@@ -2,8 +2,12 @@
 evaluation backend, in one script that writes one JSON (issue 14, item 7), sized for under 8 minutes on one GPU.
 
 On the device machine, from the repository root (nothing installed there: the script puts this checkout on
-sys.path itself; it needs torch, numpy, and transformers only for step (d), which it skips without it; python3
-is the interpreter that holds torch there; sized for well under 8 minutes, though not yet run on a GPU):
+sys.path itself; python3 is the interpreter that holds torch there; sized for well under 8 minutes, though not
+yet run on a GPU). It needs torch, and nothing else up to step (c): Triton where it imports (the kernels' checks
+and timings; skipped without it), numpy where it imports (fipo.loss's host statistics; torch's own otherwise,
+the same numbers, slower), and for step (d) alone transformers with what fipo.tiny builds the tiny model with
+(tokenizers, pandas; the step is skipped without transformers). tests/test_device_check.py runs it without numpy,
+pandas and transformers.
 
     python3 benchmarks/device_check.py --out $OUT/device_check.json
 
@@ -78,9 +82,10 @@ from torch.utils._pytree import tree_flatten  # noqa: E402
 
 import fipo  # noqa: E402
 from fipo.future_kl import future_kl, future_kl_listing1, future_kl_reference, resolve_backend  # noqa: E402
+import fipo.loss as fipo_loss_module  # noqa: E402
 from fipo.loss import FIPOParams, fipo_policy_loss  # noqa: E402
 from fipo.references import future_kl_magnitude, paper_loss_float64, token_mean, vanilla_ppo_loss  # noqa: E402
-from fipo.tiny import TinyModelSpec  # noqa: E402  (torch-free at import: the tiny preset's warm-start length)
+from fipo.tiny_spec import TinyModelSpec  # noqa: E402  (standard library only, unlike fipo.tiny: pandas)
 
 NO_CUDA = "not run: no CUDA"
 TAU = 32.0
@@ -714,7 +719,9 @@ def time_losses(plan: Plan, device: torch.device, gen: torch.Generator, flush: t
         rows.append({"B": batch, "L": length, "dtype": "float32", "params": "paper-32B", "fipo": fipo_t,
                      "vanilla": vanilla_t, "ratio": fipo_t["median_s"] / vanilla_t["median_s"]})
     return {"rows": rows, "what": "forward + backward of the token-mean loss, metrics read to the host included; "
-                                  "vanilla = fipo.references.vanilla_ppo_loss (verl's vanilla, restated)"}
+                                  "vanilla = fipo.references.vanilla_ppo_loss (verl's vanilla, restated)",
+            # the official code's IS diagnostics sort on the host: numpy's sort where it imports, as in training
+            "host_statistics": "numpy" if fipo_loss_module.np is not None else "torch (numpy missing: slower)"}
 
 
 # ---------------------------------------------------------------------------------- (d) the HF backend
@@ -723,8 +730,9 @@ def time_losses(plan: Plan, device: torch.device, gen: torch.Generator, flush: t
 def check_hf_backend(plan: Plan, device: torch.device) -> dict:
     try:
         import transformers
-    except ImportError:
-        return {"status": "skipped: transformers missing"}
+    except ImportError as e:  # not installed, or installed without what it needs (numpy)
+        missing = "transformers" if e.name in (None, "transformers") else f"transformers' dependency {e.name}"
+        return {"status": f"skipped: {missing} missing"}
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as transformers_logging
 

@@ -20,8 +20,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+
+try:
+    import numpy as np
+except ImportError:  # torch alone (benchmarks/device_check.py's GPU machines): _official_host_statistics_torch
+    np = None
 
 from fipo.future_kl import discounted_reverse_cumsum
 from fipo.loss_params import SAFETY_CLAMP_RANGE, SAFETY_MODES, FIPOParams, gamma_from_tau
@@ -238,7 +242,10 @@ def _official_host_statistics(ratio: torch.Tensor, weight: torch.Tensor, advanta
 
     Host-side whatever the device: a (batch, length) copy is cheap next to a training step, and torch 2.13's CPU
     sort and boolean kernels are several times slower than numpy's at these sizes (a 32k-float sort: 1.9 ms vs
-    0.05 ms). See benchmarks/bench_future_kl.py for what these diagnostics cost."""
+    0.05 ms). See benchmarks/bench_future_kl.py for what these diagnostics cost. Without numpy, the same numbers
+    in torch (_official_host_statistics_torch)."""
+    if np is None:
+        return _official_host_statistics_torch(ratio, weight, advantages, mask, low, high, c)
     r, w = ratio.cpu().numpy(), weight.detach().float().cpu().numpy()
     on, a = mask.cpu().numpy(), advantages.detach().float().cpu().numpy()
     at_bounds = [np.count_nonzero((w >= high - OFFICIAL_BOUND_TOLERANCE) & on),
@@ -259,6 +266,37 @@ def _official_host_statistics(ratio: torch.Tensor, weight: torch.Tensor, advanta
         h = np.asarray(quantiles) * (n - 1)
         lo = np.floor(h).astype(np.int64)
         q = ordered[lo] + (h - lo) * (ordered[np.minimum(lo + 1, n - 1)] - ordered[lo])
+        first, last = float(ordered[0]), float(ordered[-1])
+        stats += [last, *q.tolist()] if ends == ("max",) else [first, *q.tolist(), last]
+    return [float(x) for x in at_bounds + counts] + stats
+
+
+def _official_host_statistics_torch(ratio: torch.Tensor, weight: torch.Tensor, advantages: torch.Tensor,
+                                     mask: torch.Tensor, low: float, high: float, c: float) -> list[float]:
+    """_official_host_statistics where numpy is not installed (benchmarks/device_check.py runs the loss on GPU
+    machines with torch alone), in the same arithmetic: float32 comparisons with the bounds, float64 bin edges
+    and interpolation, so the same numbers (tests/test_device_check.py compares the two). Slower on the host,
+    which is why training keeps numpy's."""
+    r, w = ratio.detach().float().cpu(), weight.detach().float().cpu()
+    on, a = mask.cpu(), advantages.detach().float().cpu()
+    at_bounds = [torch.count_nonzero((w >= high - OFFICIAL_BOUND_TOLERANCE) & on).item(),
+                 torch.count_nonzero((w <= low + OFFICIAL_BOUND_TOLERANCE) & on).item()]
+    stats, counts = [], []
+    for subset_mask, quantiles, ends in (((a < 0) & on, _NEG_QUANTILES, ("max",)),
+                                         ((a > 0) & on, _POS_QUANTILES, ("min", "max"))):
+        ordered = torch.sort(r[subset_mask]).values
+        n = ordered.numel()
+        if ends == ("max",):  # float64 edges, as numpy's searchsorted compares
+            edges = torch.tensor([2.0, 3.0, 4.0, max(c, 4.0)], dtype=torch.float64)
+            counts += torch.diff(torch.searchsorted(ordered, edges)).tolist()
+        else:
+            counts.append(int(torch.searchsorted(ordered, torch.tensor([OFFICIAL_MINI_RATIO], dtype=torch.float64))))
+        if n == 0:
+            stats += [0.0] * (len(ends) + len(quantiles))
+            continue
+        h = torch.tensor(quantiles, dtype=torch.float64) * (n - 1)
+        lo = h.floor().long()
+        q = ordered[lo] + (h - lo) * (ordered[(lo + 1).clamp(max=n - 1)] - ordered[lo])
         first, last = float(ordered[0]), float(ordered[-1])
         stats += [last, *q.tolist()] if ends == ("max",) else [first, *q.tolist(), last]
     return [float(x) for x in at_bounds + counts] + stats

@@ -29,6 +29,7 @@ import pandas as pd
 from fipo.data import dataset_path, verl_row, write_parquet_atomic
 from fipo.files import current_umask
 from fipo.folder_lock import folder_lock
+from fipo.tiny_spec import TinyModelSpec  # a module of its own, free of pandas: fipo.tiny_spec says why
 
 TINY_DATA_SOURCE = "math_dapo"  # routed by verl's default_compute_score to the math_dapo rule
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -178,27 +179,6 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 384):
 
 
 # -------------------------------------------------------------------------------------------- model
-
-
-@dataclass(frozen=True)
-class TinyModelSpec:
-    hidden_size: int = 96
-    layers: int = 2
-    heads: int = 4
-    kv_heads: int = 2
-    intermediate_size: int = 256
-    max_position_embeddings: int = 512
-    # Supervised steps: ~38 s on 2 cores. Shorter warm starts leave the worked form no better than the direct one
-    # (360 steps of 32 at a constant 3e-3: direct 0.43 / worked 0.12 on 3 terms; 450 of 64 with the schedule
-    # below: 0.32 / 0.31 on 5 terms), and then RL has no reason to reason longer.
-    warmup_steps: int = 600
-    warmup_batch: int = 64
-    warmup_lr: float = 3e-3  # peak: linear over warmup_ramp steps, then a cosine to 0 at the last step
-    warmup_ramp: int = 30
-    # The chance that a warm-start target is worked rather than direct (1.0: every target worked, the task before
-    # the two forms).
-    worked_share: float = 0.5
-    seed: int = 0
 
 
 def build_model(tokenizer, spec: TinyModelSpec):

@@ -106,6 +106,83 @@ def test_cpu_small_run_passes_every_check_and_records_every_field(cpu_run):
     assert "summary: 10 passed, 0 failed, 0 errors, 0 skipped" in proc.stdout
 
 
+# Where the device check runs, torch may be all there is (Triton with it on a GPU): the script as started there,
+# with numpy, pandas and transformers unimportable as if not installed (torch itself does without numpy: it warns).
+TORCH_ONLY = ("numpy", "pandas", "transformers")
+NOT_INSTALLED = f"""
+import runpy, sys
+from pathlib import Path
+
+# Each finder of sys.meta_path, finding nothing of the blocked packages: an import of one fails and
+# importlib.util.find_spec says None (torch._dynamo asks), as where they are not installed. (Their package
+# metadata stays visible: what trusted it would then fail to import them, and this test would say so.)
+class NotInstalled:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {TORCH_ONLY!r}:
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, attribute):
+        return getattr(self.finder, attribute)
+
+assert not set({TORCH_ONLY!r}) & set(sys.modules), "imported before the script"
+sys.meta_path[:] = [NotInstalled(finder) for finder in sys.meta_path]
+sys.argv = sys.argv[1:]  # the script and its arguments, as if it were run itself
+sys.path[0] = str(Path(sys.argv[0]).parent)
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_cpu_small_run_with_torch_alone(tmp_path):
+    """Without TRITON_INTERPRET: Triton's interpreter is numpy's (on a GPU, Triton compiles and needs none), and
+    the interpreted kernels (with step (d)) are what makes the other run slow: this one takes a tenth of its time."""
+    out = tmp_path / "x.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")}
+    proc = subprocess.run([sys.executable, "-c", NOT_INSTALLED, str(SCRIPT), "--cpu", "--small", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and out.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["complete"] is True and report["numpy"] == "missing"
+    assert Path(report["fipo"]["path"]) == REPO / "fipo"
+    expected = {name: "pass" for name in dc.CHECK_NAMES} | {"hf_backend.tiny": "skipped: transformers missing"}
+    for name in ("future_kl_triton.float32", "future_kl_triton.bfloat16", "future_kl_triton.edge_cases"):
+        expected[name] = "skipped: no CUDA (TRITON_INTERPRET=1 runs the Triton kernel on the CPU)"
+    assert {name: check["status"] for name, check in report["checks"].items()} == expected
+    assert report["timings"]["loss"]["host_statistics"] == "torch (numpy missing: slower)"
+    assert all(row["fipo"]["median_s"] > 0 for row in report["timings"]["loss"]["rows"])
+    assert report["summary"] == {"passed": 6, "failed": 0, "errors": 0, "skipped": 4}
+
+
+def test_the_loss_host_statistics_without_numpy_are_numpy_s():
+    """fipo.loss's official-code diagnostics in torch (where numpy is missing) give numpy's numbers exactly, on
+    values at each bound and bin edge as well."""
+    from fipo.loss import OFFICIAL_BOUND_TOLERANCE, OFFICIAL_MINI_RATIO, _official_host_statistics
+    from fipo.loss import _official_host_statistics_torch
+
+    g = gen()
+    batch, length, low, high = 4, 3000, 0.8, 1.2
+    ratio = torch.exp(torch.randn(batch, length, generator=g) * 2.5)  # every bin, and below the mini ratio
+    edges = torch.tensor([2.0, 3.0, 4.0, 10.0, 10.7, OFFICIAL_MINI_RATIO])  # float32(10.7) < 10.7: a float64 edge
+    ratio[:, :6] = edges
+    ratio[:, 6:12] = torch.nextafter(edges, torch.zeros(()))
+    weight = low + (high - low) * torch.rand(batch, length, generator=g)
+    weight[:, :4] = torch.tensor([low, high, high - OFFICIAL_BOUND_TOLERANCE, low + OFFICIAL_BOUND_TOLERANCE])
+    advantages = torch.randn(batch, 1, generator=g).expand(batch, length).clone()
+    advantages[0], advantages[1] = -1.0, 1.0  # both signs whatever the draw
+    advantages[2, ::3] = 0.0
+    one_token = torch.zeros(batch, length, dtype=torch.bool)
+    one_token[1, 5] = True
+    masks = {"random": torch.rand(batch, length, generator=g) < 0.7, "empty": torch.zeros_like(one_token),
+             "negative only": advantages < 0, "positive only": advantages > 0, "one token": one_token}
+    for c in (3.0, 10.0, 10.7):
+        for name, mask in masks.items():
+            args = (ratio, weight, advantages, mask, low, high, c)
+            assert _official_host_statistics_torch(*args) == _official_host_statistics(*args), (name, c)
+
+
 def test_without_cuda_or_the_interpreter_the_triton_checks_say_skipped(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert dc.skipped(torch.device("cpu"))["status"].startswith("skipped: no CUDA")
