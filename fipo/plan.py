@@ -4,8 +4,10 @@ assumption is a field of :class:`Assumptions` (printed with the estimates) or a 
 
 Per experiment, with N the model's parameter count and G = trainer.nnodes × trainer.n_gpus_per_node GPUs:
 
-- Lengths. A response averages ``response_fraction`` × data.max_response_length tokens, a prompt
-  min(``prompt_tokens``, data.max_prompt_length).
+- Lengths. A response averages the paper's mean over the training run for the preset's model and the
+  experiment's method where the paper reports one (:data:`PAPER_RESPONSE_LENGTHS`, at most
+  data.max_response_length), else ``response_fraction`` × data.max_response_length (0.3 unless set; set, it applies
+  to every experiment). A prompt averages min(``prompt_tokens``, data.max_prompt_length).
 - Prompts generated per step. Without dynamic sampling, data.train_batch_size. With it (algorithm.filter_groups),
   train_batch_size / ``keep_fraction``: verl 0.9.1's v1 trainer keeps sampling until train_batch_size groups with
   mixed rewards are found, refilling every evicted group one prompt at a time (it sets data.gen_batch_size to 1
@@ -18,11 +20,13 @@ Per experiment, with N the model's parameter count and G = trainer.nnodes × tra
 - Validation: before training (validation.before_train), every validation.test_freq steps and at the last step
   (verl's rule); each samples validation.n responses per problem of data.val, decoded like the rollouts.
 - Evaluation: once per run (``fipo eval`` of the selected checkpoint): evaluation.n samples per problem of each
-  benchmark, averaging ``response_fraction`` × evaluation.max_tokens tokens.
+  benchmark, averaging the paper's length at the end of the run (an upper estimate for evaluation.checkpoint: best
+  when lengths grow) or ``response_fraction`` × evaluation.max_tokens, at most evaluation.max_tokens.
 - Peak memory per GPU: fp32 weights and gradients (4 + 4 bytes per parameter) and Adam's two fp32 moments (8 bytes)
   sharded over the G GPUs by FSDP, less what fsdp_config.param_offload / optimizer_offload keep in host memory,
   plus vLLM's rollout.gpu_memory_utilization share of ``gpu_memory_gib``: both resident while the rollout runs.
-  Activations and the CUDA context are not counted.
+  Activations and the CUDA context are not counted. A typical peak to budget, not ``fipo doctor``'s lower bound of
+  what must fit (fipo/doctor/estimates.py): :attr:`Assumptions.memory_note` tells the user so.
 - Checkpoints: verl saves the model and the optimizer (fp32 weights and Adam moments: 12 bytes per parameter) every
   trainer.save_freq steps and at the last step, and keeps them all unless trainer.max_actor_ckpt_to_keep is set.
 - Rollout dumps (trainer.rollout_dump): every trained sequence's prompt and response as text,
@@ -72,8 +76,60 @@ MODELS = {
 
 
 @dataclass(frozen=True)
+class PaperLength:
+    """Mean response length (tokens) of training batches the paper reports for a model and method."""
+
+    start: float  # early in the run
+    end: float  # at the end of the run
+    cite: str  # where in the paper, short: printed in the plan's rows
+    source: str  # the paper's words (PAPER.md) and how start and end follow from them: printed under the table
+
+    @property
+    def run_mean(self) -> float:
+        """The mean over the run's steps, which the cost is proportional to: growth from start to end taken as
+        linear, so the midpoint (the final length would overstate a growing run)."""
+        return (self.start + self.end) / 2
+
+
+_PAPER_32B = ('PAPER.md §4, under Table 1 (the curves: Figures 1, 3): "Mean response length DAPO ≈ 4,000 tokens '
+              '(plateau) vs FIPO > 10,000"')
+_DAPO_32B = PaperLength(4_000, 4_000, "Fig. 1", f"32B DAPO: {_PAPER_32B}; the plateau taken as the level of the "
+                        "whole run (the climb to it is not reported: this errs high)")
+# The paper gives no starting length for FIPO: it is taken to leave DAPO's plateau, which it breaks through, and
+# grow linearly to the 10,000 it passes. The shorter first steps (unreported) and "> 10,000" (a lower bound) err in
+# opposite directions.
+_FIPO_32B = PaperLength(_DAPO_32B.end, 10_000, "Fig. 1", f"32B FIPO: {_PAPER_32B}; from DAPO's plateau to 10,000, "
+                        "taken as linear: the run's mean is the midpoint")
+_BASELINES_7B = PaperLength(1_200, 1_200, "Fig. 6b", "PAPER.md §5, Figure 6(b), 7B (GRPO, DAPO and FIPO: "
+                            'fipo.analysis.catalog): "mean response length (≈1200 tokens)"; one level for the '
+                            "whole run")
+# (preset, method) -> what the paper reports; the one table of paper lengths. Every experiment of a method (its
+# ablations too) takes the method's run. Presets at no paper scale (1.5B, 0.5B) and runs the paper did not make
+# (GRPO at 32B) have none: they fall back to response_fraction.
+PAPER_RESPONSE_LENGTHS: dict[tuple[str, str], PaperLength] = {
+    ("qwen2.5-32b", "dapo"): _DAPO_32B,
+    ("qwen2.5-32b", "fipo"): _FIPO_32B,
+    **{("qwen2.5-7b-math", method): _BASELINES_7B for method in ("grpo", "dapo", "fipo")},
+}
+DEFAULT_RESPONSE_FRACTION = 0.3  # mean response / max response length where the paper reports no length
+
+
+@dataclass(frozen=True)
+class ResponseLength:
+    """The mean response length an estimate assumed, and what it came from."""
+
+    train: float  # tokens per rollout and validation response, mean over the run
+    evaluate: float  # tokens per evaluation sample, at most evaluation.max_tokens
+    paper: Optional[PaperLength] = None  # the paper's value it used; None: the fraction rule
+    fraction: Optional[float] = None  # of max_response_length (and evaluation.max_tokens), without a paper value
+    capped: bool = False  # the paper's run mean is over the experiment's max_response_length
+
+
+@dataclass(frozen=True)
 class Assumptions:
-    response_fraction: float = 0.3  # mean response / max response length
+    # mean response / max response length; None: the paper's length where it reports one, else
+    # DEFAULT_RESPONSE_FRACTION. Set, it applies to every experiment.
+    response_fraction: Optional[float] = None
     prompt_tokens: int = 200  # mean prompt, chat template and DAPO instruction included
     keep_fraction: float = 0.5  # share of groups that survive dynamic sampling (mixed rewards)
     mfu: float = 0.3  # model FLOPs utilisation of the update
@@ -87,9 +143,15 @@ class Assumptions:
 
     def lines(self, facts: dict[str, ModelFacts]) -> list[str]:
         """The assumptions, one sentence each, with the model rows the estimates used."""
+        if self.response_fraction is None:
+            response = ("mean response: the paper's mean over the training run where it reports one for the model "
+                        "and method (the table's column and its notes), else "
+                        f"{DEFAULT_RESPONSE_FRACTION:g} x max_response_length (assumed)")
+        else:
+            response = (f"mean response = {self.response_fraction:g} x max_response_length for every experiment "
+                        "(set: the paper's lengths not used)")
         lines = [
-            f"mean response = {self.response_fraction:g} x max_response_length (the paper's plateaus: 7B about "
-            "1,200 of 8,192-10,240 tokens, 32B DAPO about 4,000 and FIPO over 10,000 of 20,480)",
+            response,
             f"mean prompt = {self.prompt_tokens} tokens (AIME problems average 330-480 characters, data/aime/, "
             "plus the DAPO instruction and the chat template), at most max_prompt_length",
             f"dynamic sampling keeps {self.keep_fraction:g} of the groups: train_batch_size / {self.keep_fraction:g} "
@@ -100,11 +162,13 @@ class Assumptions:
             f"memory: {self.weight_bytes} + {self.grad_bytes} + {self.adam_bytes} bytes per parameter (fp32 "
             "weights, gradients, Adam moments) sharded over all GPUs, less what is offloaded, + "
             f"gpu_memory_utilization x {self.gpu_memory_gib:g} GiB for vLLM; activations not counted",
+            self.memory_note,
             f"checkpoints: {self.checkpoint_bytes} bytes per parameter (fp32 weights + Adam moments), one every "
             "save_freq steps and at the last step, all kept unless trainer.max_actor_ckpt_to_keep; rollout dumps "
             f"{self.dump_bytes_per_token:g} bytes per prompt + response token",
-            "validation before training, every test_freq steps and at the last step; one evaluation per run "
-            "(evaluation.n samples per benchmark problem, response_fraction x evaluation.max_tokens tokens)",
+            "validation before training, every test_freq steps and at the last step, responses as long as the "
+            "rollouts'; one evaluation per run (evaluation.n samples per benchmark problem, as long as the paper's "
+            "at the end of the run, else the fraction x evaluation.max_tokens; at most evaluation.max_tokens)",
             "not modelled: waiting for the longest responses of a batch, weight sync, reward scoring, start-up",
         ]
         for path, model in facts.items():
@@ -112,6 +176,13 @@ class Assumptions:
             lines.append(f"{path}: N = {model.params:,} ({model.source}); decode {decode:,.0f} tokens/s per GPU "
                          "(assumed)")
         return lines
+
+    @property
+    def memory_note(self) -> str:
+        """Why the peak memory differs from ``fipo doctor``'s (the other half: fipo.doctor.estimates.MEMORY_NOTE)."""
+        return (f"peak memory vs fipo doctor: this is a typical peak to budget on an assumed {self.gpu_memory_gib:g} "
+                "GiB GPU (FSDP states + vLLM's gpu_memory_utilization share of that GPU, both resident); `fipo "
+                "doctor` prints a lower bound of what must fit on the real GPU instead, so its figure differs")
 
     @property
     def checkpoint_bytes(self) -> int:
@@ -133,6 +204,7 @@ class Estimate:
     checkpoints: int  # kept at the end of the run
     checkpoint_bytes: float  # all kept checkpoints
     dump_bytes: float
+    response: Optional[ResponseLength] = None  # None for a total of several runs
 
     @property
     def gpu_hours(self) -> float:
@@ -180,6 +252,17 @@ def peak_memory_gib(exp: Experiment, params: int, a: Assumptions) -> float:
     return per_param * params / gpus / 2**30 + vllm * a.gpu_memory_gib
 
 
+def response_length(exp: Experiment, ev: EvaluationSpec, a: Assumptions) -> ResponseLength:
+    """The mean response length of ``exp``'s rollouts and of its evaluation: the paper's where it reports one and
+    ``a`` sets no fraction, else the fraction rule."""
+    paper = PAPER_RESPONSE_LENGTHS.get((exp.preset, exp.method)) if a.response_fraction is None else None
+    if paper is None:
+        fraction = DEFAULT_RESPONSE_FRACTION if a.response_fraction is None else a.response_fraction
+        return ResponseLength(fraction * exp.data.max_response_length, fraction * ev.max_tokens, fraction=fraction)
+    return ResponseLength(min(paper.run_mean, exp.data.max_response_length), min(paper.end, ev.max_tokens), paper,
+                          capped=paper.run_mean > exp.data.max_response_length)
+
+
 def estimate(exp: Experiment, ev: EvaluationSpec, a: Assumptions = Assumptions(),
              facts: Optional[ModelFacts] = None) -> Estimate:
     """The cost of one experiment under ``a``; ``facts``: the model's row of MODELS unless given."""
@@ -191,7 +274,8 @@ def estimate(exp: Experiment, ev: EvaluationSpec, a: Assumptions = Assumptions()
     gpus = exp.trainer.nnodes * exp.trainer.n_gpus_per_node
     decode = a.decode_tokens_per_s or facts.decode_tokens_per_s
     d = exp.data
-    response = a.response_fraction * d.max_response_length
+    lengths = response_length(exp, ev, a)
+    response = lengths.train
     prompt = min(a.prompt_tokens, d.max_prompt_length)
     prompts_generated = d.train_batch_size / (a.keep_fraction if exp.algorithm.filter_groups else 1.0)
     generated = steps * prompts_generated * exp.rollout.n * response
@@ -201,7 +285,7 @@ def estimate(exp: Experiment, ev: EvaluationSpec, a: Assumptions = Assumptions()
     update_flops = tokens * (6 * n_params * exp.policy.ppo_epochs + 2 * n_params + reference)
     validations = event_count(steps, exp.validation.test_freq, exp.validation.before_train)
     val_tokens = validations * sum(problem_count(v) for v in d.val) * exp.validation.n * response
-    eval_tokens = sum(problem_count(b) for b in ev.benchmarks) * ev.n * a.response_fraction * ev.max_tokens
+    eval_tokens = sum(problem_count(b) for b in ev.benchmarks) * ev.n * lengths.evaluate
     saves = event_count(steps, exp.trainer.save_freq)
     keep = engine_value(exp, "trainer.max_actor_ckpt_to_keep", None)
     kept = saves if keep is None or keep <= 0 else min(saves, keep)
@@ -214,6 +298,7 @@ def estimate(exp: Experiment, ev: EvaluationSpec, a: Assumptions = Assumptions()
         peak_memory_gib=peak_memory_gib(exp, n_params, a),
         checkpoints=kept, checkpoint_bytes=kept * a.checkpoint_bytes * n_params,
         dump_bytes=tokens * a.dump_bytes_per_token if exp.trainer.rollout_dump else 0.0,
+        response=lengths,
     )
 
 
@@ -247,16 +332,31 @@ def _hours(x: float) -> str:
 
 
 HEADER = ["experiment", "GPUs", "GPU-hours: total (rollout / update / validation+eval)", "wall days",
-          "tokens generated", "tokens trained", "peak memory per GPU", "checkpoints kept", "rollout dumps"]
+          "mean response tokens (from)", "tokens generated", "tokens trained", "peak memory per GPU",
+          "checkpoints kept", "rollout dumps"]
+MEMORY, CHECKPOINTS = HEADER.index("peak memory per GPU"), HEADER.index("checkpoints kept")
 
 
-def _row(name: str, e: Estimate, a: Assumptions) -> list[str]:
+def _response(e: Estimate, notes: list[PaperLength]) -> str:
+    """The row's mean response and what it came from; a paper value by its note's number in ``notes``."""
+    r = e.response
+    if r is None:
+        return "-"
+    if r.paper is None:
+        return f"{r.train:,.0f} ({r.fraction:g} x max_response_length)"
+    if r.paper not in notes:
+        notes.append(r.paper)
+    capped = ", capped at max_response_length" if r.capped else ""
+    return f"{r.train:,.0f} (paper {r.paper.cite} [{notes.index(r.paper) + 1}]{capped})"
+
+
+def _row(name: str, e: Estimate, a: Assumptions, notes: list[PaperLength]) -> list[str]:
     over = " (over the GPU's)" if e.peak_memory_gib > a.gpu_memory_gib else ""
     per_checkpoint = e.checkpoint_bytes / e.checkpoints if e.checkpoints else 0
     return [name, str(e.gpus),
             f"{_hours(e.gpu_hours)} ({_hours(e.rollout_gpu_hours)} / {_hours(e.update_gpu_hours)} / "
             f"{_hours(e.eval_gpu_hours)})",
-            f"{e.wall_days:.3g}", _count(e.generated_tokens), _count(e.trained_tokens),
+            f"{e.wall_days:.3g}", _response(e, notes), _count(e.generated_tokens), _count(e.trained_tokens),
             f"{e.peak_memory_gib:.1f} GiB{over}",
             f"{e.checkpoints} x {_bytes(per_checkpoint)} = {_bytes(e.checkpoint_bytes)}", _bytes(e.dump_bytes)]
 
@@ -271,20 +371,26 @@ def total(estimates: list[Estimate]) -> Estimate:
 
 
 def render(preset: str, estimates: list[Estimate], a: Assumptions = Assumptions()) -> str:
-    """A Markdown table, one row per experiment and a total, every number labelled as an estimate, then the
-    assumptions."""
+    """A Markdown table, one row per experiment and a total, every number labelled as an estimate, then the paper's
+    response lengths the rows used and the assumptions."""
     exp = load_experiment(preset, estimates[0].experiment)
     nodes, per_node = exp.trainer.nnodes, exp.trainer.n_gpus_per_node
     layout = f"{nodes} node{'s' if nodes > 1 else ''} x {per_node} GPU{'s' if per_node > 1 else ''}"
     lines = [f"Cost ESTIMATES for preset {preset} ({exp.model.path}, {layout}, {exp.trainer.total_training_steps} "
              "steps): computed from the assumptions below by fipo/plan.py, not measured.", ""]
+    notes: list[PaperLength] = []
     lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(_row(e.experiment, e, a)) + " |" for e in estimates]
+    lines += ["| " + " | ".join(_row(e.experiment, e, a, notes)) + " |" for e in estimates]
     if len(estimates) > 1:
-        row = _row(f"total ({len(estimates)} runs, one after another)", total(estimates), a)
-        row[6] = row[6].replace(" GiB", " GiB (max)", 1)
-        row[7] = row[7].split(" = ")[-1]
+        row = _row(f"total ({len(estimates)} runs, one after another)", total(estimates), a, notes)
+        row[MEMORY] = row[MEMORY].replace(" GiB", " GiB (max)", 1)
+        row[CHECKPOINTS] = row[CHECKPOINTS].split(" = ")[-1]
         lines.append("| " + " | ".join(row) + " |")
+    if notes:
+        lines += ["", "Mean response lengths from the paper (an experiment takes its method's run; its evaluation "
+                      "samples take the length at the end of the run, at most evaluation.max_tokens):"]
+        lines += [f"- [{i}] {p.run_mean:,.0f} tokens over the run, {p.end:,.0f} at its end. {p.source}"
+                  for i, p in enumerate(notes, 1)]
     facts = {exp.model.path: model_facts(exp.model.path)}
     lines += ["", "Assumptions (all estimates; change them with the options of `python -m fipo plan`):"]
     lines += [f"- {line}" for line in a.lines(facts)]

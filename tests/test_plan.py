@@ -1,16 +1,23 @@
 """The cost model of `python -m fipo plan` (fipo/plan.py), checked against numbers worked out by hand."""
 
 import dataclasses
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from fipo.experiment import EvaluationSpec, load_experiment
-from fipo.plan import (MODELS, Assumptions, ModelFacts, PlanError, estimate, event_count, model_facts, plan,
-                       render, total)
+from fipo.doctor.checks import check_gpu_memory, report
+from fipo.doctor.estimates import KNOWN_SHAPES, training_gpu_bytes
+from fipo.doctor.needs import Needs
+from fipo.doctor.probe import Gpu
+from fipo.experiment import EvaluationSpec, evaluation, load_experiment
+from fipo.plan import (HEADER, MODELS, PAPER_RESPONSE_LENGTHS, Assumptions, ModelFacts, PlanError, estimate,
+                       event_count, model_facts, plan, problem_count, render, total)
 
 GIB = 2**30
+SHARED_PAPER = Path(__file__).resolve().parents[2] / "shared" / "PAPER.md"
 
 
 def qwen2_parameters(layers, hidden, mlp, heads, kv_heads, vocab, tied):
@@ -192,3 +199,119 @@ def test_plan_command_refuses_bad_input_in_one_line(args, message):
     out = fipo("plan", *args)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert out.stdout == ""
+
+
+# ------------------------------------------------------------------------------- response lengths from the paper
+
+
+RESPONSE = HEADER.index("mean response tokens (from)")
+
+
+def table_row(text: str, experiment: str) -> list[str]:
+    row = next(line for line in text.splitlines() if line.startswith(f"| {experiment} |"))
+    return row.strip("| ").split(" | ")
+
+
+def test_32b_dapo_and_fipo_take_the_papers_mean_response_over_the_run():
+    # PAPER.md §4: "Mean response length DAPO ≈ 4,000 tokens (plateau) vs FIPO > 10,000". DAPO: the plateau all run;
+    # FIPO: linear from DAPO's plateau to 10,000, so 7,000 on average over the steps, and 10,000 for the evaluation
+    # of the last checkpoint
+    ev = evaluation("qwen2.5-32b")
+    dapo, fipo = (estimate(load_experiment("qwen2.5-32b", m), ev) for m in ("dapo", "fipo"))
+    assert (dapo.response.train, dapo.response.evaluate) == (4_000, 4_000)
+    assert (fipo.response.train, fipo.response.evaluate) == (7_000, 10_000)
+    # 1000 steps x 512 / 0.5 prompts (dynamic sampling) x 16 responses
+    assert dapo.generated_tokens == 1000 * 1024 * 16 * 4_000
+    assert fipo.generated_tokens == 1000 * 1024 * 16 * 7_000
+    # 201 validations of 30 problems x 32 samples at the run's mean; one evaluation of 60 problems x 32 at its end
+    assert problem_count("aime2024") == 30 and ev.benchmarks == ["aime2024", "aime2025"]
+    evaluated = 60 * 32 * 10_000
+    assert fipo.eval_gpu_hours == pytest.approx((201 * 30 * 32 * 7_000 + evaluated) / 1_000 / 3600)
+
+    text = render("qwen2.5-32b", plan("qwen2.5-32b"))
+    assert table_row(text, "dapo")[RESPONSE] == "4,000 (paper Fig. 1 [1])"
+    assert table_row(text, "fipo")[RESPONSE] == "7,000 (paper Fig. 1 [2])"
+    assert table_row(text, "fipo-minibatch32")[RESPONSE] == "7,000 (paper Fig. 1 [2])"  # the FIPO run's length
+    notes = text.split("Mean response lengths from the paper")[1].split("\nAssumptions")[0]
+    assert "[1] 4,000 tokens over the run, 4,000 at its end. 32B DAPO: PAPER.md §4" in notes
+    assert "[2] 7,000 tokens over the run, 10,000 at its end. 32B FIPO: PAPER.md §4" in notes
+    assert "the run's mean is the midpoint" in notes
+
+
+def test_7b_baselines_take_figure_6s_length():
+    text = render("qwen2.5-7b-math", plan("qwen2.5-7b-math", ["grpo", "dapo", "fipo", "fipo-tau8"]))
+    for experiment in ("grpo", "dapo", "fipo", "fipo-tau8"):
+        assert table_row(text, experiment)[RESPONSE] == "1,200 (paper Fig. 6b [1])"
+    assert '[1] 1,200 tokens over the run, 1,200 at its end. PAPER.md §5, Figure 6(b)' in text
+    fipo = estimate(load_experiment("qwen2.5-7b-math", "fipo"), evaluation("qwen2.5-7b-math"))
+    assert fipo.generated_tokens == 1000 * 1024 * 32 * 1_200  # G = 32
+
+
+@pytest.mark.parametrize("preset, experiment, max_response", [
+    ("qwen2.5-32b", "grpo", 20480),  # GRPO: not run at 32B in the paper
+    ("qwen2.5-0.5b", "fipo", 5120),  # no paper scale
+    ("qwen2.5-math-1.5b", "dapo", 8192),
+])
+def test_without_a_paper_length_the_fraction_rule_is_used_and_said(preset, experiment, max_response):
+    ev = evaluation(preset)
+    e = estimate(load_experiment(preset, experiment), ev)
+    assert e.response.paper is None
+    assert (e.response.train, e.response.evaluate) == (0.3 * max_response, 0.3 * ev.max_tokens)
+    text = render(preset, plan(preset, [experiment]))
+    expected = f"{0.3 * max_response:,.0f} (0.3 x max_response_length)"
+    assert table_row(text, experiment)[RESPONSE] == expected
+    assert "Mean response lengths from the paper" not in text  # no paper value used: no notes
+    assert "else 0.3 x max_response_length (assumed)" in text
+
+
+def test_a_fraction_set_by_hand_replaces_the_papers_lengths_everywhere():
+    a = Assumptions(response_fraction=0.5)
+    fipo = estimate(load_experiment("qwen2.5-32b", "fipo"), evaluation("qwen2.5-32b"), a)
+    assert (fipo.response.train, fipo.response.paper) == (0.5 * 20480, None)
+    text = render("qwen2.5-32b", plan("qwen2.5-32b", ["fipo"], a), a)
+    assert table_row(text, "fipo")[RESPONSE] == "10,240 (0.5 x max_response_length)"
+    assert "mean response = 0.5 x max_response_length for every experiment" in text
+
+
+def test_a_paper_length_over_the_experiments_max_response_is_capped_and_said():
+    exp = load_experiment("qwen2.5-32b", "fipo")
+    short = dataclasses.replace(exp, data=dataclasses.replace(exp.data, max_response_length=5000))
+    e = estimate(short, EvaluationSpec(benchmarks=["aime2024"], max_tokens=6000))
+    assert (e.response.train, e.response.evaluate, e.response.capped) == (5000, 6000, True)
+
+
+def test_the_paper_lengths_quote_paper_md():
+    """Each quoted sentence is PAPER.md's (where ../shared/PAPER.md is beside this checkout)."""
+    if not SHARED_PAPER.is_file():
+        pytest.skip("../shared/PAPER.md is not beside this checkout")
+    paper = " ".join(SHARED_PAPER.read_text().split())
+    for length in set(PAPER_RESPONSE_LENGTHS.values()):
+        quotes = re.findall(r'"([^"]+)"', length.source)
+        assert quotes and all(q in paper for q in quotes), length.source
+        assert f"{length.end:,.0f}" in paper or f"{length.end:.0f}" in paper  # the value at the end, as printed
+
+
+# ------------------------------------------------------------------------- plan's and doctor's memory figures
+
+
+class OneH100:
+    def gpus(self):
+        return [Gpu("NVIDIA H100 80GB HBM3", 80 * GIB)]
+
+
+def test_plan_and_doctor_each_say_why_their_memory_figures_differ():
+    exp = load_experiment("qwen2.5-0.5b", "fipo")
+    planned = render("qwen2.5-0.5b", plan("qwen2.5-0.5b", ["fipo"]))
+    assert table_row(planned, "fipo")[HEADER.index("peak memory per GPU")] == "47.4 GiB"
+    (line,) = [line for line in planned.splitlines() if "fipo doctor" in line]
+    assert line.startswith("- peak memory vs fipo doctor: this is a typical peak to budget on an assumed 80 GiB GPU")
+    assert "vLLM's gpu_memory_utilization share" in line and "`fipo doctor` prints a lower bound" in line
+
+    doctor_bytes = training_gpu_bytes(exp, KNOWN_SHAPES[exp.model.path])
+    needs = Needs(cuda=True, gpu_bytes=doctor_bytes, gpu_note="verl rollout (vLLM) or FSDP actor")
+    text = report([check_gpu_memory(needs, OneH100())], "preset qwen2.5-0.5b, train fipo")
+    lines = text.splitlines()
+    assert lines[1].startswith("ok    gpu memory") and "needs ≈26 GiB per GPU" in lines[1]
+    assert lines[2].strip().startswith("memory vs fipo plan: this is a lower bound of what must fit")
+    assert "`fipo plan` budgets a typical peak on an assumed GPU instead (80 GiB unless --gpu-memory-gib" in lines[2]
+    assert lines[3] == "all 1 checks passed"

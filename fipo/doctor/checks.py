@@ -11,6 +11,7 @@ from typing import Optional
 
 from fipo import data as data_mod
 from fipo.doctor.compat import COMPAT, torch_requirement_problem, version_problem
+from fipo.doctor.estimates import MEMORY_NOTE
 from fipo.doctor.needs import GB, Needs
 from fipo.doctor.probe import ProbeError
 from fipo.eval.models import is_hub_id
@@ -25,18 +26,19 @@ class Result:
     status: str  # "ok", "FAIL" or "skip"
     detail: str
     fix: str = ""
+    note: str = ""  # printed under the line: what the figure in it means
 
     @property
     def failed(self) -> bool:
         return self.status == "FAIL"
 
 
-def ok(name: str, detail: str) -> Result:
-    return Result(name, "ok", detail)
+def ok(name: str, detail: str, note: str = "") -> Result:
+    return Result(name, "ok", detail, note=note)
 
 
-def fail(name: str, detail: str, fix: str) -> Result:
-    return Result(name, "FAIL", detail, fix)
+def fail(name: str, detail: str, fix: str, note: str = "") -> Result:
+    return Result(name, "FAIL", detail, fix, note)
 
 
 def skip(name: str, detail: str) -> Result:
@@ -131,8 +133,10 @@ def check_gpu_memory(needs: Needs, probe) -> Result:
         return fail("gpu memory", f"needs {want}; the smallest GPU here has {smallest.total_bytes / GIB:.0f} GiB "
                                   f"({smallest.name})",
                     "use larger GPUs, or spread the model further: more rollout/evaluation tensor parallelism, "
-                    "parameter and optimizer offload, a smaller ppo_max_token_len_per_gpu (engine keys of the preset)")
-    return ok("gpu memory", f"{smallest.total_bytes / GIB:.0f} GiB per GPU ({smallest.name}); needs {want}")
+                    "parameter and optimizer offload, a smaller ppo_max_token_len_per_gpu (engine keys of the preset)",
+                    MEMORY_NOTE)
+    return ok("gpu memory", f"{smallest.total_bytes / GIB:.0f} GiB per GPU ({smallest.name}); needs {want}",
+              MEMORY_NOTE)
 
 
 def check_datasets(needs: Needs, data_dir: Path) -> Result:
@@ -227,6 +231,8 @@ def report(results: list[Result], title: str) -> str:
     lines = [f"fipo doctor: {title}"]
     for r in results:
         lines.append(f"{r.status:<5} {r.name:<11} {r.detail}")
+        if r.note:
+            lines.append(f"{'':<5} {'':<11} {r.note}")
         if r.failed:
             lines.append(f"{'':<5} {'':<11} fix: {r.fix}")
     failed = sum(r.failed for r in results)

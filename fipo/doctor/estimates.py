@@ -30,6 +30,13 @@ CUDA_OVERHEAD_BYTES = 2 * GIB  # CUDA context, NCCL buffers, allocator slack
 CHECKPOINT_BYTES_PER_PARAM = Assumptions().checkpoint_bytes  # fp32 weights + Adam moments, as fipo plan
 EVAL_GPU_MEMORY_UTILIZATION = 0.9  # fipo.eval.sampling.VLLMSampler's default
 EVAL_PROMPT_TOKENS = 1024  # an AIME problem with the DAPO instruction and chat template: a few hundred tokens
+# Printed under the memory check, so that a user who has seen fipo plan's peak knows why the two differ (the other
+# half: fipo.plan.Assumptions.memory_note)
+MEMORY_NOTE = ("memory vs fipo plan: this is a lower bound of what must fit (the larger of vLLM's weight shard and "
+               "one longest sequence's KV cache inside its gpu_memory_utilization share and, in training, the FSDP "
+               f"actor's states and activations while vLLM sleeps; + {CUDA_OVERHEAD_BYTES // GIB} GiB); `fipo plan` "
+               f"budgets a typical peak on an assumed GPU instead ({Assumptions().gpu_memory_gib:g} GiB unless "
+               "--gpu-memory-gib: FSDP states + vLLM's share of it, both resident), so its figure differs")
 
 
 @dataclass(frozen=True)
