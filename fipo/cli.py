@@ -85,6 +85,12 @@ def cmd_train(args) -> int:
     return code
 
 
+def cmd_rehearse(args) -> int:
+    from fipo.rehearse import rehearse
+
+    return rehearse(args.preset, args.experiment, args.results_dir, args.data_dir, timeout_s=args.timeout)
+
+
 def model_identity(exp, results_dir: Path) -> dict:
     """The model as part of a run's fingerprint: its spec path, and the content of a local folder (the tiny
     model, or a local copy); a hub id stands for itself."""
@@ -304,6 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", type=Path, help="on success, write the run's record (JSON: steps, wall time, command) here")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("rehearse", help="run a GPU preset's experiment for 2 steps of the real verl trainer on the CPU "
+                                        "(tiny model and data, sizes scaled down; fipo/rehearse.py) and check it")
+    p.add_argument("--preset", required=True, help="a GPU preset")
+    p.add_argument("--experiment", default="fipo", help="an experiment of the preset (default: fipo)")
+    p.add_argument("--data-dir", type=Path, default=data_mod.DEFAULT_DATA_DIR,
+                   help="where the tiny data is (made if missing)")
+    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS,
+                   help="the tiny model (made if missing) and the run: <results-dir>/rehearsal/<preset>/<experiment>/")
+    p.add_argument("--timeout", type=positive_seconds, help="wall-clock limit in seconds (default: the tiny preset's)")
+    p.set_defaults(func=cmd_rehearse)
+
     p = sub.add_parser("data", help="prepare a dataset in verl's parquet format")
     p.add_argument("dataset", choices=["aime", "dapo", "tiny"])
     p.add_argument("--data-dir", type=Path, default=data_mod.DEFAULT_DATA_DIR)
@@ -371,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(a stated cost model, fipo/plan.py: estimates, not measurements)")
     p.add_argument("--preset", required=True)
     p.add_argument("--experiment", help="one experiment of the preset (default: all of them, and their total)")
-    p.add_argument("--response-fraction", type=fraction, help="mean response / max_response_length (default 0.3)")
+    p.add_argument("--response-fraction", type=fraction,
+                   help="mean response / max_response_length (default: the paper's mean length where it reports "
+                        "one, else 0.3; set, it replaces them for every experiment)")
     p.add_argument("--keep-fraction", type=fraction,
                    help="share of groups that survive DAPO's dynamic sampling (default 0.5)")
     p.add_argument("--mfu", type=fraction, help="model FLOPs utilisation of the update (default 0.3)")
