@@ -39,6 +39,27 @@ def hf_sampler(tiny_world):
     return HFSampler(str(tiny_world["model"]))
 
 
+def test_hf_sampling_is_top_p_alone_without_transformers_default_top_k(tiny_world):
+    """A model whose next-token distribution is nearly flat (every weight zero but small random embeddings, tied to
+    the output): top-p 0.7 keeps about 70 % of the vocabulary, and 1,024 samples draw well over 50 distinct first
+    tokens (117 with this seed; 23 with transformers' default top-k of 50, which generate() adds unless the
+    sampler turns it off; vLLM and the official evaluation apply none)."""
+    import torch
+
+    sampler = HFSampler(str(tiny_world["model"]), batch_size=1024)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in sampler.model.parameters():
+            parameter.zero_()
+        sampler.model.model.norm.weight.fill_(1.0)
+        embeddings = sampler.model.get_input_embeddings().weight
+        embeddings.copy_(0.01 * torch.randn(embeddings.shape, generator=generator))
+    prompt = sampler.tokenizer.apply_chat_template([{"role": "user", "content": "Add 1+2."}], tokenize=False,
+                                                   add_generation_prompt=True)
+    samples = sampler.sample([prompt], SamplingSettings(n=1024, top_p=0.7, max_tokens=1), [0])[0]
+    assert len({s.text for s in samples}) > 60  # distinct texts: at most the distinct tokens
+
+
 def test_tiny_evaluation_writes_samples_and_summary_and_resumes(tiny_world, hf_sampler, tmp_path):
     out = tmp_path / "eval"
     crashing = CountingSampler(hf_sampler, fail_after_chunks=3)
@@ -96,7 +117,64 @@ def test_vllm_sampling_params_carry_n_seed_and_the_aime_settings(monkeypatch):
     fake.SamplingParams = lambda **kw: recorded.append(kw) or kw
     monkeypatch.setitem(sys.modules, "vllm", fake)
     params = sampling.vllm_sampling_params(SamplingSettings(n=32, temperature=1.0, top_p=0.7, max_tokens=20480, seed=7), 4)
-    assert params == {"n": 32, "temperature": 1.0, "top_p": 0.7, "max_tokens": 20480, "seed": 11}
+    assert params == {"n": 32, "temperature": 1.0, "top_p": 0.7, "max_tokens": 20480,
+                      "seed": sampling.problem_seed(7, 4)}
+
+
+def test_no_two_problems_or_seeds_share_a_samples_random_numbers():
+    """vLLM seeds sample i of a request with the request's seed + i: the n seeds of every problem of an
+    evaluation, and of evaluations with nearby seeds, must not overlap (with seed + index they do: problem p's
+    sample 1 would be problem p+1's sample 0)."""
+    n, taken = 64, {}
+    for seed in range(4):
+        for problem in range(200):
+            first = sampling.problem_seed(seed, problem)
+            assert 0 <= first < 2**31 and first == sampling.problem_seed(seed, problem)  # reproducible
+            for s in range(first, first + n):
+                assert s not in taken, (seed, problem, taken.get(s))
+                taken[s] = (seed, problem)
+
+
+TINY_GEOMETRY = {"head_dim": 32, "kv_heads": 2, "layers": 2, "max_len": 512, "dtype": "float32"}
+CPU_HEADS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def test_vllm_on_a_gpu_keeps_vllms_defaults():
+    assert sampling.vllm_engine_args(TINY_GEOMETRY, SamplingSettings(), 8, on_cpu=False) == {}
+
+
+def test_vllm_on_a_cpu_turns_chunked_prefill_off_keeps_float32_and_sizes_the_kv_cache():
+    settings = SamplingSettings(n=32, max_tokens=80)
+    args = sampling.vllm_engine_args(TINY_GEOMETRY, settings, 8, on_cpu=True, memory_bytes=24 * 2**30,
+                                     supported_head_sizes=CPU_HEADS)
+    # 8 prompts x 32 samples x 512 positions x (K and V x 2 layers x 2 KV heads x 32 x 4 bytes)
+    assert args == {"enable_chunked_prefill": False, "dtype": "float32", "kv_cache_memory_bytes": 8 * 32 * 512 * 1024}
+    bf16 = sampling.vllm_engine_args({**TINY_GEOMETRY, "dtype": "bfloat16"}, settings, 8, on_cpu=True,
+                                     memory_bytes=24 * 2**30)
+    assert "dtype" not in bf16 and bf16["kv_cache_memory_bytes"] == 8 * 32 * 512 * 512
+
+
+def test_vllm_on_a_cpu_caps_the_kv_cache_at_a_share_of_memory_and_keeps_a_floor():
+    big = {"head_dim": 128, "kv_heads": 4, "layers": 28, "max_len": 32768, "dtype": "bfloat16"}  # a 7B
+    args = sampling.vllm_engine_args(big, SamplingSettings(n=32), 8, on_cpu=True, memory_bytes=24 * 2**30)
+    assert args["kv_cache_memory_bytes"] == int(sampling.CPU_KV_CACHE_SHARE * 24 * 2**30)
+    small = sampling.vllm_engine_args(TINY_GEOMETRY, SamplingSettings(n=1), 1, on_cpu=True, memory_bytes=2**30)
+    assert small["kv_cache_memory_bytes"] == sampling.CPU_KV_CACHE_FLOOR
+
+
+def test_vllm_on_a_cpu_refuses_a_head_size_its_attention_lacks_before_starting():
+    with pytest.raises(ValueError, match=r"head sizes 32, 64.*this model's is 24 .*--backend hf"):
+        sampling.vllm_engine_args({**TINY_GEOMETRY, "head_dim": 24}, SamplingSettings(), 8, on_cpu=True,
+                                  memory_bytes=2**34, supported_head_sizes=CPU_HEADS)
+
+
+def test_model_geometry_reads_head_size_from_config_json(tiny_world):
+    config = json.loads((tiny_world["model"] / "config.json").read_text())
+    geometry = sampling.model_geometry(config)
+    assert geometry["head_dim"] == config["hidden_size"] // config["num_attention_heads"]
+    assert (geometry["kv_heads"], geometry["layers"], geometry["dtype"]) == (
+        config["num_key_value_heads"], config["num_hidden_layers"], "float32")
+    assert sampling.model_geometry({**config, "head_dim": 64})["head_dim"] == 64  # an explicit head_dim wins
 
 
 def test_vllm_output_shapes_are_parsed():

@@ -248,7 +248,7 @@ def evaluate(
         todo = [(i, p) for i, p in enumerate(problems) if p["problem_id"] not in finished]
         log(f"[fipo eval] {benchmark}: {len(problems)} problems, {len(finished)} already done, {len(todo)} to sample")
         if todo:
-            sampler = sampler or make_sampler(backend, model_path, tensor_parallel_size, settings.seed)
+            sampler = sampler or make_sampler(backend, model_path, settings, tensor_parallel_size, chunk_problems)
         # Only now that the model loaded: a failed start (a typo in --model, a backend that cannot start) must not
         # claim the folder for its settings.
         write_text_atomic(out_dir / SETTINGS_FILE, json.dumps(key, indent=2) + "\n")
