@@ -53,13 +53,19 @@ def pytest_configure(config):
     os.environ["PATH"] = f"{shim}{os.pathsep}{os.environ['PATH']}"
 
 
+# Tests that need an environment of their own, run only when a marker expression names their marker: `cluster` (a
+# local Slurm cluster and Ray nodes, `make test-cluster`) and `vllm` (vLLM's CPU build in .venv-vllm, `make
+# test-vllm`).
+OWN_ENVIRONMENT = ("cluster", "vllm")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Cluster tests (a local Slurm cluster and Ray nodes, `make test-cluster`) run only when asked for by a
-    marker expression that names them (`-m cluster`); any other selection, `-m 'not slow'` included, leaves
-    them out rather than failing on a machine without a cluster."""
-    if "cluster" in (config.getoption("markexpr") or ""):
-        return
-    kept = [item for item in items if item.get_closest_marker("cluster") is None]
+    """Tests that need an environment of their own (OWN_ENVIRONMENT) run only when asked for by a marker
+    expression that names their marker (`-m cluster`, `-m vllm`); any other selection, `-m 'not slow'` included,
+    leaves them out rather than failing on a machine without that environment."""
+    asked = config.getoption("markexpr") or ""
+    left_out = [name for name in OWN_ENVIRONMENT if name not in asked]
+    kept = [item for item in items if not any(item.get_closest_marker(name) for name in left_out)]
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
