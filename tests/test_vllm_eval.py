@@ -16,7 +16,6 @@ import time
 from dataclasses import asdict
 
 import pytest
-import vllm  # noqa: F401  (the marker promises vLLM: without it this module fails, it does not skip)
 
 from fipo.eval.runner import SAMPLE_KEYS, evaluate, load_benchmark
 from fipo.eval.sampling import SamplingSettings
@@ -34,6 +33,8 @@ KILL_AFTER_S = 600  # the first problems are written within this (engine start i
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+    import vllm  # noqa: F401  (the marker promises vLLM: without it these tests fail, they do not skip)
+
     root = tmp_path_factory.mktemp("vllm_world")
     prepare_tiny_data(root / "data")
     model = build_tiny_base_model(root / "model", VLLM_MODEL, log=lambda message: None)
