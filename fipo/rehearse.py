@@ -31,7 +31,7 @@ from fipo import data as data_mod
 from fipo.experiment import (CONFIG_DIR, SECTIONS, Experiment, SpecError, list_experiments, list_presets, load_all,
                              load_experiment, with_overrides)
 from fipo.run_folder import LOGGED_STEP_MARKER, RunFolder, read_steps
-from fipo.tiny import TinyModelSpec
+from fipo.tiny_spec import TinyModelSpec
 from fipo.verl_keys import bare
 
 STEPS = 2
