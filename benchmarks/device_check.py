@@ -1,5 +1,5 @@
 """Device check of the Future-KL and the FIPO loss: correctness, bandwidth, loss cost, and the transformers
-evaluation backend, in one script that writes one JSON (issue 14, item 7), sized for under 8 minutes on one GPU.
+evaluation backend, in one script that writes one JSON, sized for under 8 minutes on one GPU.
 
 On the device machine, from the repository root (nothing installed there: the script puts this checkout on
 sys.path itself; python3 is the interpreter that holds torch there; sized for well under 8 minutes, though not
@@ -39,7 +39,7 @@ Steps, each recorded in the JSON even when an earlier one failed:
     call was queued before the GPU reached it). Also recorded: the bytes the torch implementation's own aten
     ops read and write (counted by a dispatch mode; they bound the ratio it can reach), a CUDA-graph replay of
     the same call (no launch gaps), an isolated call's time, and a large copy (the card's copy bandwidth).
-    The issue's target: B = 64, L = 20480, float32 at >= 50 % of the copy's bandwidth, reported met or not met
+    The target: B = 64, L = 20480, float32 at >= 50 % of the copy's bandwidth, reported met or not met
     for the backend production runs on this device, with every backend's ratio beside it.
 (c) The FIPO loss forward + backward (token-mean) against verl's vanilla PPO loss (clip, dual clip,
     token-mean) restated in plain torch (fipo.references.vanilla_ppo_loss; verl is not needed), same shapes,
@@ -50,7 +50,7 @@ Steps, each recorded in the JSON even when an earlier one failed:
     prompt, the same samples again for the same seeds, and next-token logits equal to the CPU's.
 
 On a CPU the same code runs with the host clock instead of CUDA events; what only CUDA has (spin-ahead,
-graph replay, the issue's target) is recorded as "not run: no CUDA". Exit status: 0 when no check failed or
+graph replay, the bandwidth target) is recorded as "not run: no CUDA". Exit status: 0 when no check failed or
 errored (the bandwidth target is reported, not enforced), 1 when one did, 2 when CUDA is missing without --cpu.
 """
 
@@ -745,7 +745,7 @@ def check_hf_backend(plan: Plan, device: torch.device) -> dict:
     try:
         t0 = time.perf_counter()
         spec = TinyModelSpec(warmup_steps=plan.tiny_warmup_steps)
-        model_dir = build_tiny_base_model(workdir / "tiny", spec, log=lambda msg: None)
+        model_dir = build_tiny_base_model(workdir / "tiny", spec, log=lambda msg: None, report=False)
         build_s = time.perf_counter() - t0
         sampler = HFSampler(str(model_dir), device=str(device))
         problems = split_problems(spec.seed)["test"][: plan.tiny_problems]

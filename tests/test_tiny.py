@@ -244,3 +244,16 @@ def test_a_second_build_into_one_folder_is_refused_before_it_trains(tmp_path):
             build_tiny_base_model(out, log=logged.append)
         assert time.time() - start < 5 and logged == []
     assert [p.name for p in (tmp_path / "tiny").iterdir()] == [".base_model.lock"]  # no temporary model folder
+
+
+def test_a_build_without_the_report_writes_the_model_and_says_so(tmp_path):
+    """report=False (the device check, the vLLM test): the model folder, complete, with no form report in it and its
+    record saying there is none, so no one takes it for a pipeline build."""
+    from fipo.tiny import build_tiny_base_model
+
+    out = build_tiny_base_model(tmp_path / "model", TinyModelSpec(warmup_steps=2), log=lambda msg: None, report=False)
+    record = json.loads((out / "tiny_model.json").read_text())
+    assert record["form_report"] is False and "report_seconds" not in record and record["spec"]["warmup_steps"] == 2
+    assert not (out / FORM_REPORT).exists()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(out))

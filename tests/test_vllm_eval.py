@@ -37,7 +37,7 @@ def world(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("vllm_world")
     prepare_tiny_data(root / "data")
-    model = build_tiny_base_model(root / "model", VLLM_MODEL, log=lambda message: None)
+    model = build_tiny_base_model(root / "model", VLLM_MODEL, log=lambda message: None, report=False)
     return {"root": root, "data": root / "data", "model": model}
 
 
