@@ -1176,12 +1176,18 @@ def test_bad_study_settings_fail_before_any_job(tmp_path, study, message):
 
 
 @pytest.mark.slow
-def test_the_study_trains_every_seed_and_reports_the_claims(tmp_path, ray_dir):
+def test_the_study_trains_every_seed_and_reports_the_claims(tiny_world, tmp_path, ray_dir):
     """Two experiments at two seeds, two steps each: the real train jobs of runs <experiment>@seed<N>, then the
-    report. Two steps give no trend worth a verdict; the test checks the plumbing, not FIPO."""
+    report. Two steps give no trend worth a verdict; the test checks the plumbing, not FIPO. The data and the base
+    model are the session's (copied in as a finished pipeline leaves them: the smoke test builds them through the
+    pipeline), which spares a build of about 100 s."""
     study = ("study={seeds: [1, 2], experiments: [dapo, fipo], window: 1, overrides: "
              "[trainer.total_training_steps=2, trainer.test_freq=2, trainer.save_freq=2]}")
-    out = snakemake("--cores", "all", "study", results=tmp_path / "results", config=[study, f"data_dir={tmp_path / 'data'}"],
+    shutil.copytree(tiny_world["data"], tmp_path / "data")
+    shutil.copytree(tiny_world["model"], tmp_path / "results" / "tiny" / "base_model")
+    config = [study, f"data_dir={tmp_path / 'data'}"]
+    assert not {"tiny_data", "tiny_model"} & {rule for rule, _ in planned("study", results=tmp_path / "results", config=config)}
+    out = snakemake("--cores", "all", "study", results=tmp_path / "results", config=config,
                     env={"RAY_TMPDIR": str(ray_dir)}, timeout=1800)
     assert out.returncode == 0, out.stdout[-4000:]
     runs = tmp_path / "results" / "tiny" / "runs"
@@ -1192,8 +1198,7 @@ def test_the_study_trains_every_seed_and_reports_the_claims(tmp_path, ray_dir):
     report = (tmp_path / "results" / "tiny" / "study.md").read_text()
     assert "2 methods (dapo, fipo) x 2 seeds (1, 2)" in report and "| fipo | 2 |" in report
     assert "FIPO's responses grow longer than DAPO's" in report and "over 2 seeds" in report
-    assert "nothing to be done" in snakemake("-n", "study", results=tmp_path / "results",
-                                             config=[study, f"data_dir={tmp_path / 'data'}"]).stdout.lower()
+    assert "nothing to be done" in snakemake("-n", "study", results=tmp_path / "results", config=config).stdout.lower()
 
 
 def python_descendants(pid: int) -> list[tuple[psutil.Process, str]]:
