@@ -195,7 +195,7 @@ def slurm_run(tmp_path_factory):
     report("slurm_sacct.txt", f"{' '.join(cmd[2:])}\nwall {wall:.0f} s, scancel of job {cancelled}\n{listing}")
     leftovers = [p.pid for p in processes_with(ray_dir)]
     yield {"plan": planned_jobs(plan.stdout), "jobs": jobs, "cancelled": cancelled, "scontrol": scontrol,
-           "results": results, "run": run, "log": text, "cmd": cmd, "env": env, "leftovers": leftovers}
+           "results": results, "data": data, "run": run, "log": text, "cmd": cmd, "env": env, "leftovers": leftovers}
     stop_processes(ray_dir)
     shutil.rmtree(ray_dir, ignore_errors=True)
 
@@ -359,10 +359,14 @@ def ray_state(cluster) -> dict:
 
 
 @pytest.fixture(scope="module")
-def two_node_run(ray_cluster, tmp_path_factory):
+def two_node_run(ray_cluster, slurm_run, tmp_path_factory):
+    """The Slurm run's data and base model copied in, as a finished pipeline leaves them (its build is the Slurm
+    test's; here it would keep both Ray nodes idle for about 100 s): the run trains on two nodes."""
     root = tmp_path_factory.mktemp("ray2")
     config = two_node_config(root / "config")
     results, data = root / "results", root / "data"
+    shutil.copytree(slurm_run["data"], data)
+    shutil.copytree(slurm_run["results"] / "tiny" / "base_model", results / "tiny" / "base_model")
     paths = root / "paths.yaml"
     paths.write_text(yaml.safe_dump({"results_dir": str(results), "data_dir": str(data),
                                      "train": {"ray_address": ray_cluster["address"]}}))
@@ -392,6 +396,7 @@ def two_node_run(ray_cluster, tmp_path_factory):
     after = ray_state(ray_cluster)
     text = (root / "snakemake.log").read_text()
     assert code == 0, text[-6000:] + (results / "logs" / "tiny" / "train" / "fipo.log").read_text()[-6000:]
+    assert not re.search(r"^(local)?rule tiny_(data|model):", text, re.M), text[-3000:]  # taken as built
     heads = {n["node_id"] for n in after["nodes"] if n["resources_total"].get("fipo_head")}
     lines = [f"{'class':<52} {'name':<28} {'state':<8} node"]
     new_jobs_actors = [a for a in after["actors"] if a["job_id"] not in {b["job_id"] for b in before["actors"]}]
