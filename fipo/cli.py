@@ -257,7 +257,7 @@ def _positive_float(expected: str, must_be: str):
 
 
 positive_number = _positive_float("a number > 0", "a finite number > 0")
-# a wall-clock limit
+# a hang guard's limit
 positive_seconds = _positive_float("a number of seconds", "a finite number of seconds > 0")
 
 
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=data_mod.DEFAULT_DATA_DIR)
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--ray-address", help="an existing Ray cluster (multi-node), e.g. 10.0.0.1:6379 or auto")
-    p.add_argument("--timeout", type=positive_seconds, help="wall-clock limit in seconds (default: the preset's trainer.timeout_s)")
+    p.add_argument("--timeout", type=positive_seconds, help="stop the attempt once nothing in its run folder changed for this many seconds (default: the preset's trainer.timeout_s)")
     p.add_argument("--override", action="append", metavar="KEY=VALUE", help="extra verl Hydra override")
     p.add_argument("--record", type=Path, help="on success, write the run's record (JSON: steps, wall time, command) here")
     p.set_defaults(func=cmd_train)
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the tiny data is (made if missing)")
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS,
                    help="the tiny model (made if missing) and the run: <results-dir>/rehearsal/<preset>/<experiment>/")
-    p.add_argument("--timeout", type=positive_seconds, help="wall-clock limit in seconds (default: the tiny preset's)")
+    p.add_argument("--timeout", type=positive_seconds, help="stop once nothing in the run folder changed for this many seconds (default: the tiny preset's)")
     p.set_defaults(func=cmd_rehearse)
 
     p = sub.add_parser("data", help="prepare a dataset in verl's parquet format")

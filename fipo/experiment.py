@@ -175,7 +175,7 @@ class TrainerSpec:
     # verl's tracker project: where the curves also go, not what the run computes
     project_name: Annotated[str, NOTHING] = "fipo-workbench"
     device: Annotated[str, TRAIN] = "cuda"
-    timeout_s: Annotated[Optional[int], NOTHING] = None  # wall-clock limit of one training attempt
+    timeout_s: Annotated[Optional[int], NOTHING] = None  # hang guard: stop an attempt whose run folder is unchanged this long
     # verl's rollout dumps (every response of every step, decoded): the length quantiles of Figures 3 and 8.
     # About 0.3 GB per step at 32B scale (8192 responses of ~10k tokens); false saves the disk.
     rollout_dump: Annotated[bool, TRAIN] = True

@@ -401,7 +401,7 @@ def prepare_tiny_inputs(exp: Experiment, results_dir: Path, data_dir: Path, log:
 
 def rehearse(preset: str, experiment: str, results_dir: Path, data_dir: Path, timeout_s: float | None = None) -> int:
     """Print the scaling table, run verl for 2 steps into a fresh rehearsal folder, check what it left.
-    0: passed; verl's exit code (124: the wall-clock limit) or 1 (the run left too little) otherwise."""
+    0: passed; verl's exit code (124: stopped by the hang guard) or 1 (the run left too little) otherwise."""
     from fipo.training import run_training
     from fipo.verl_command import absolute_path, verl_overrides
 

@@ -1,4 +1,4 @@
-"""Run one verl training attempt as a child process: environment, wall-clock timeout, a tree that dies with us.
+"""Run one verl training attempt as a child process: environment, a hang guard, a tree that dies with us.
 
 The run folder's lifecycle (lock, fingerprint, attempts, resume point, record) is :mod:`fipo.run_folder`'s;
 this module only starts and stops ``python -m verl.trainer.main_ppo``.
@@ -15,6 +15,7 @@ import time
 
 from fipo.experiment import Experiment
 from fipo.run_folder import RunFolder
+from fipo.stall_guard import Stalled, wait_while_progressing
 from fipo.verl_command import VERL_ENTRY, command_line, hydra_value, verl_environment
 
 RAY_ADDRESS_KEY = "+ray_kwargs.ray_init.address"
@@ -28,6 +29,9 @@ def run_training(exp: Experiment, run: RunFolder, overrides: list[str], timeout_
                  lock_fd: int | None = None) -> int:
     """Start verl on ``run`` (whose lock the caller holds: ``lock_fd`` is handed to verl, so that the folder stays
     locked for as long as verl lives). verl resumes from the latest checkpoint by itself (resume_mode=auto).
+    ``timeout_s``: the hang guard (trainer.timeout_s, --timeout); the attempt is stopped once nothing in the run
+    folder (metrics, rollout dumps, checkpoints, Hydra's outputs) has changed for that long, however long it has
+    run: a slow machine only makes a step slower, a hung trainer stops writing.
     Each attempt logs to its own file; ``metrics.jsonl`` is re-merged after it ends, however it ends (and before
     it starts, so that a crash of this process loses nothing either)."""
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -54,11 +58,12 @@ def run_training(exp: Experiment, run: RunFolder, overrides: list[str], timeout_
     # Snakemake (and Slurm) stop a job with SIGTERM: the verl tree, in its own session, must go with us.
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        code = process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+        code = wait_while_progressing(process, [run.run_dir], timeout_s)
+    except Stalled as stalled:
         _stop_tree(process)
-        log(f"[fipo] {exp.run_id}: stopped after the wall-clock limit of {timeout_s:.0f} s "
-            f"(trainer.timeout_s or --timeout); rerun the same command to resume from the last checkpoint")
+        log(f"[fipo] {exp.run_id}: stopped after {stalled.elapsed_s:.0f} s: nothing in {run.run_dir} changed for "
+            f"{timeout_s:.0f} s (trainer.timeout_s or --timeout); rerun the same command to resume from the last "
+            f"checkpoint")
         code = TIMEOUT_EXIT_CODE
     except KeyboardInterrupt:
         _stop_tree(process)

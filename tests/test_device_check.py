@@ -18,6 +18,7 @@ import torch
 
 from fipo.future_kl import future_kl
 from fipo.loss import fipo_policy_loss
+from fipo.stall_guard import Stalled, wait_while_progressing
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "device_check.py"
@@ -41,11 +42,28 @@ def cpu_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("device_check")
     out = folder / "result.json"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TRITON_INTERPRET": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--cpu", "--small", "--out", str(out)],
-        cwd=folder, env=env, capture_output=True, text=True, timeout=900,
-    )
+    proc = run_script([sys.executable, str(SCRIPT), "--cpu", "--small", "--out", str(out)], folder, env)
     return proc, json.loads(out.read_text()) if out.exists() else None
+
+
+# The script prints a line and rewrites its JSON after every check; the longest step on a CPU (building and sampling
+# the tiny model) takes under a minute on an idle 2-core machine. A hang guard, not a speed requirement: a busy
+# machine makes a step slower but still lets it finish.
+STALL_S = 300
+
+
+def run_script(cmd: list[str], folder: Path, env: dict) -> subprocess.CompletedProcess:
+    """``cmd`` in ``folder`` with its output in files there (the guard watches them with the JSON), stopped if
+    nothing there changes for STALL_S seconds."""
+    with open(folder / "stdout.txt", "w") as stdout, open(folder / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(cmd, cwd=folder, env=env, stdout=stdout, stderr=stderr, text=True)
+        try:
+            code = wait_while_progressing(process, [folder], STALL_S)
+        except Stalled as stalled:
+            process.kill()
+            process.wait()
+            pytest.fail(f"{cmd[-5:]}: {stalled}; output so far:\n{(folder / 'stdout.txt').read_text()[-3000:]}")
+    return subprocess.CompletedProcess(cmd, code, (folder / "stdout.txt").read_text(), (folder / "stderr.txt").read_text())
 
 
 def test_cpu_small_run_passes_every_check_and_records_every_field(cpu_run):
@@ -141,8 +159,8 @@ def test_cpu_small_run_with_torch_alone(tmp_path):
     the interpreted kernels (with step (d)) are what makes the other run slow: this one takes a tenth of its time."""
     out = tmp_path / "x.json"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")}
-    proc = subprocess.run([sys.executable, "-c", NOT_INSTALLED, str(SCRIPT), "--cpu", "--small", "--out", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_script([sys.executable, "-c", NOT_INSTALLED, str(SCRIPT), "--cpu", "--small", "--out", str(out)],
+                      tmp_path, env)
     assert proc.returncode == 0 and out.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads(out.read_text())
     assert report["complete"] is True and report["numpy"] == "missing"
