@@ -223,3 +223,40 @@ def test_trajectory_keys_sort_by_number_not_by_text():
     keys = ["a_10_0", "a_2_0", "b_1_1", "b_1_0", "a_2_1"]
     assert sorted(keys, key=lambda k: verl_cpu._trajectory_position(k, position)) == [
         "b_1_0", "b_1_1", "a_2_0", "a_2_1", "a_10_0"]
+
+
+def test_under_filtering_the_training_batch_is_decided_only_when_nothing_is_in_flight(monkeypatch):
+    """verl's loop decides how many refills to dispatch from what has finished at each poll, so the count (and the
+    prompts the dataloader hands out after it) depended on timing. The CPU sampler's loop sees the training
+    partition only once nothing there is pending or running; validation, and training without filtering, as
+    verl does."""
+    import verl.trainer.ppo.v1.replay_buffer as verl_buffer
+
+    prompt = lambda status: {"is_prompt": True, "global_steps": 1, "status": status}  # noqa: E731
+    snapshots = [{"train": {"a": prompt("running"), "b": prompt("pending")}},
+                 {"train": {"a": prompt("finished"), "b": prompt("running")}},
+                 {"train": {"a": prompt("finished"), "b": prompt("finished"), "a_0_0": {"uid": "a"}}}]
+    reads = []
+    monkeypatch.setattr(verl_buffer.tq, "kv_list", lambda: reads.append(1) or snapshots[min(len(reads), 3) - 1])
+
+    def buffer(metric):
+        return verl_cpu.QuickPollReplayBuffer(
+            trainer_mode="sync", trainer_config=None, max_off_policy_threshold=None, max_off_policy_strategy="drop",
+            refill_fn=lambda count: None,
+            sampler_kwargs={"train_batch_size": 2, "filter_groups_metric": metric, "poll_interval": 0.001})
+
+    filtering = buffer("acc")
+    filtering._settling = "train"  # as sample() sets it for a training batch under filtering
+    filtering._sync_metadata_from_transfer_queue()
+    assert len(reads) == 3 and filtering.finished_keys["train"] == {"a", "b"} and not filtering.running_keys["train"]
+    assert filtering.partitions["train"] == {"a_0_0": {"uid": "a"}}
+    for settling in (None, "val"):  # not settling, or another partition: one read, as verl
+        reads.clear()
+        other = buffer(None if settling is None else "acc")
+        other._settling = settling
+        other._sync_metadata_from_transfer_queue()
+        assert len(reads) == 1 and other.running_keys["train"] == {"a"} and other.pending_keys["train"] == {"b"}
+    seen = []
+    monkeypatch.setattr(verl_buffer.ReplayBuffer, "sample", lambda self, *args: seen.append(self._settling))
+    filtering.sample(1, "train", 2), filtering.sample(1, "val", 2), buffer(None).sample(1, "train", 2)
+    assert seen == ["train", None, None] and filtering._settling is None

@@ -499,10 +499,34 @@ class QuickPollReplayBuffer(ReplayBuffer):
     responses at steps 1 and 2 but logged different losses from step 1 on, and sampled differently from step 3.
     Here ties fall in dispatch order (TransferQueue lists keys in the order they were first written, and the
     trainer writes prompts as the seeded dataloader gives them) and each prompt's trajectories follow it by
-    sample number. What this cannot fix: with DAPO's group filtering verl dispatches refill prompts
-    speculatively, and how many it dispatched before enough groups passed depends on timing; the surplus is
-    discarded but taken from the dataloader, so later steps' prompts can differ between runs.
+    sample number.
+
+    **Refills.** With DAPO's group filtering, verl's loop looks at whatever groups have finished at each poll: it
+    dispatches two refill prompts per filtered group at once, and stops dispatching when enough groups have passed.
+    How many refills it dispatched therefore depended on which groups had finished by which poll: the surplus is
+    discarded but taken from the dataloader, so later steps' prompts differed between two runs of one spec and
+    seed. Here, while a training batch is being filled under filtering, the loop sees the queue only when nothing
+    is in flight: every decision is taken on complete rounds (the first prompts, then each round of refills), so
+    the number of refills, and the prompts the dataloader hands out after them, follow from the samples alone.
+    The cost is the overlap of a round's refills with its slowest groups, which on a CPU (one rollout server,
+    batching what arrives together) is small.
     """
+
+    _settling: str | None = None  # the partition whose batch is being filled under DAPO filtering
+
+    def sample(self, global_steps: int, partition_id: str, batch_size: int):
+        self._settling = partition_id if partition_id != "val" and self.filter_groups_metric is not None else None
+        try:
+            return super().sample(global_steps, partition_id, batch_size)
+        finally:
+            self._settling = None
+
+    def _sync_metadata_from_transfer_queue(self):
+        super()._sync_metadata_from_transfer_queue()
+        partition = self._settling
+        while partition is not None and (self.pending_keys[partition] or self.running_keys[partition]):
+            time.sleep(self.poll_interval)  # generation goes on in the agent-loop workers meanwhile
+            super()._sync_metadata_from_transfer_queue()
 
     def _select_prompt_uids(self, partition_id: str, sampleable_keys: set[str], batch_size: int):
         steps = self.prompt_global_steps[partition_id]
