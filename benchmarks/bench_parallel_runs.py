@@ -38,10 +38,11 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def start(experiment: str, steps: int, results: Path, data: Path, log: Path) -> subprocess.Popen:
+def start(experiment: str, steps: int, results: Path, data: Path, log: Path, extra: list[str] = ()) -> subprocess.Popen:
+    """``fipo train`` of one tiny experiment for ``steps`` steps; ``extra``: more of its arguments (--seed, --override)."""
     cmd = [sys.executable, "-m", "fipo", "train", "--preset", "tiny", "--experiment", experiment,
            "--results-dir", str(results), "--data-dir", str(data),
-           "--override", f"trainer.total_training_steps={steps}"]
+           "--override", f"trainer.total_training_steps={steps}", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -57,7 +58,8 @@ def wait_all(processes: list[subprocess.Popen]) -> list[int]:
     return peaks
 
 
-def run_batch(experiments, steps, model: Path, data: Path, root: Path, side_by_side: bool) -> tuple[float, list[int]]:
+def run_batch(experiments, steps, model: Path, data: Path, root: Path, side_by_side: bool,
+              extra: list[str] = ()) -> tuple[float, list[int]]:
     folders = []
     for index, experiment in enumerate(experiments):
         # numbered, so one experiment can be named twice (the same spec trained twice each way)
@@ -66,7 +68,7 @@ def run_batch(experiments, steps, model: Path, data: Path, root: Path, side_by_s
         folders.append((experiment, results))
     began, peaks, processes = time.monotonic(), [], []
     for experiment, results in folders:
-        p = start(experiment, steps, results, data, results / "train.log")
+        p = start(experiment, steps, results, data, results / "train.log", extra)
         if side_by_side:
             processes.append(p)
         else:

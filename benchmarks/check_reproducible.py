@@ -1,21 +1,29 @@
-"""Does a tiny run's seed determine it? One experiment trained twice, compared step by step.
+"""Does a tiny run's seed determine it? One experiment trained K times, compared step by step.
 
-Trains the same tiny experiment (same spec, seed, data and base model) twice, one after the other (or side by
-side with ``--side-by-side``), each in a fresh results folder, then compares the two runs' rollout dumps step by
-step: whether the step's batch had the same prompts, how many of its (prompt, response) pairs the runs share,
-and the validation accuracy each logged. This is the measurement behind the README's "What a seed determines on
-the CPU path"; it measures, it asserts nothing (the batch-order mechanism has a unit test in
-tests/test_verl_cpu.py).
+Trains the same tiny experiment (same spec, seed, data and base model) ``--repeats`` times (default 2), one after
+the other (or all at once with ``--side-by-side``), each in a fresh results folder, optionally beside ``--hog N``
+busy processes (a loaded machine), then compares every run with the first, step by step: whether the step's
+batch had the same prompts, how many of its (prompt, response) pairs the runs share, and the validation accuracy
+each logged. It ends with each run's final validation accuracy and their spread. It measures, it asserts
+nothing (the mechanisms have unit tests in tests/test_verl_cpu.py).
 
-    python benchmarks/check_reproducible.py [--experiment grpo] [--steps 3] [--side-by-side]
+    python benchmarks/check_reproducible.py [--experiment dapo] [--steps 8] [--side-by-side] [--hog 2]
+    # the study's runs: 30 steps at a study seed
+    python benchmarks/check_reproducible.py --experiment fipo --steps 30 --seed 1 \
+        --override trainer.test_freq=10 --override trainer.save_freq=30
 
-The last line is machine-readable: SUMMARY same_steps=<steps whose batches were equal> steps=<N>
-first_difference=<step or none>.
+``--inputs DIR`` keeps the tiny data and base model between invocations (built there when missing).
+
+The last line is machine-readable: SUMMARY same_steps=<steps equal in every run> steps=<N>
+first_difference=<step or none> final_accuracy=<each run's, comma-separated>.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -53,33 +61,75 @@ def compare(run_a: Path, run_b: Path) -> list[tuple[int, bool, int, int, float |
     return rows
 
 
+def busy_processes(count: int) -> list[subprocess.Popen]:
+    """``count`` processes that keep a core busy each (a loaded machine), stopped by the caller."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def run_folder_of(results: Path) -> Path:
+    """The one run folder a ``fipo train`` left under ``results`` (its name carries the seed, when one was given)."""
+    runs = [p for p in (results / "tiny" / "runs").iterdir() if p.is_dir()]
+    if len(runs) != 1:
+        sys.exit(f"expected one run under {results / 'tiny' / 'runs'}, found {[p.name for p in runs]}")
+    return runs[0]
+
+
+def final_accuracy(run: Path) -> float | None:
+    steps = read_steps(run / "metrics.jsonl")
+    return next((accuracy(steps[s]) for s in sorted(steps, reverse=True) if accuracy(steps[s]) is not None), None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="grpo")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--side-by-side", action="store_true", help="train the two runs at once, not in a row")
+    parser.add_argument("--seed", type=int, help="the run's seed (default: the preset's)")
+    parser.add_argument("--override", action="append", default=[], help="a spec override, as fipo train takes it")
+    parser.add_argument("--repeats", type=int, default=2, help="how many times to train it (>= 2)")
+    parser.add_argument("--side-by-side", action="store_true", help="train the runs at once, not in a row")
+    parser.add_argument("--hog", type=int, default=0, help="busy processes beside the training (a loaded machine)")
+    parser.add_argument("--inputs", type=Path, help="where the tiny data and base model are kept (default: a new folder)")
     args = parser.parse_args()
+    if args.repeats < 2:
+        parser.error("--repeats must be at least 2")
     root = Path(tempfile.mkdtemp(prefix="fipo-reproducible-"))
-    inputs, data = root / "inputs", root / "data"
-    ensure_inputs(inputs, data)
-    elapsed, _ = run_batch([args.experiment] * 2, args.steps, inputs / "tiny" / "base_model", data, root,
-                           side_by_side=args.side_by_side)
+    inputs = args.inputs or root
+    ensure_inputs(inputs / "inputs", inputs / "data")
+    extra = [*(["--seed", str(args.seed)] if args.seed is not None else []),
+             *(f"--override={o}" for o in args.override)]
+    hogs = busy_processes(args.hog)
+    try:
+        elapsed, _ = run_batch([args.experiment] * args.repeats, args.steps, inputs / "inputs" / "tiny" / "base_model",
+                               inputs / "data", root, side_by_side=args.side_by_side, extra=extra)
+    finally:
+        for hog in hogs:
+            hog.kill()
     folder = root / ("parallel" if args.side_by_side else "sequential")
-    runs = [folder / f"{i}-{args.experiment}" / "tiny" / "runs" / args.experiment for i in (0, 1)]
-    print(f"tiny/{args.experiment} trained twice, {args.steps} steps, "
-          f"{'side by side' if args.side_by_side else 'one after the other'} ({elapsed:.0f} s; runs under {folder})")
-    rows = compare(*runs)
-    same, first_difference = 0, None
-    for step, same_prompts, common, total, acc_a, acc_b in rows:
-        equal = total > 0 and same_prompts and common == total
-        same += equal
-        if total and not equal and first_difference is None:
-            first_difference = step
-        shown = "" if acc_a is None and acc_b is None else f"   validation accuracy {acc_a} / {acc_b}"
-        pairs = f"prompts {'same' if same_prompts else 'differ'}, {common}/{total} (prompt, response) pairs shared"
-        print(f"  step {step:3d}: {pairs if total else 'no batch (validation only)'}{shown}")
-    steps = sum(1 for row in rows if row[3])
-    print(f"SUMMARY same_steps={same} steps={steps} first_difference={first_difference or 'none'}")
+    runs = [run_folder_of(folder / f"{i}-{args.experiment}") for i in range(args.repeats)]
+    how = "side by side" if args.side_by_side else "one after the other"
+    print(f"tiny/{runs[0].name} trained {args.repeats} times, {args.steps} steps, {how}"
+          f"{f', beside {args.hog} busy processes' if args.hog else ''} ({elapsed:.0f} s; runs under {folder})")
+    equal_everywhere: dict[int, bool] = {}
+    first_difference = None
+    for other in range(1, args.repeats):
+        print(f"run 0 against run {other}:")
+        for step, same_prompts, common, total, acc_a, acc_b in compare(runs[0], runs[other]):
+            equal = total > 0 and same_prompts and common == total
+            if total:
+                equal_everywhere[step] = equal_everywhere.get(step, True) and equal
+            if total and not equal and (first_difference is None or step < first_difference):
+                first_difference = step
+            shown = "" if acc_a is None and acc_b is None else f"   validation accuracy {acc_a} / {acc_b}"
+            pairs = f"prompts {'same' if same_prompts else 'differ'}, {common}/{total} (prompt, response) pairs shared"
+            print(f"  step {step:3d}: {pairs if total else 'no batch (validation only)'}{shown}")
+    finals = [final_accuracy(run) for run in runs]
+    known = [f for f in finals if f is not None]
+    if len(known) >= 2:
+        print(f"final validation accuracy: {', '.join(f'{f:.4f}' for f in known)}; range {max(known) - min(known):.4f}, "
+              f"sd {statistics.stdev(known):.4f} over {len(known)} runs of one spec and seed")
+    print(f"SUMMARY same_steps={sum(equal_everywhere.values())} steps={len(equal_everywhere)} "
+          f"first_difference={first_difference if first_difference is not None else 'none'} "
+          f"final_accuracy={','.join('none' if f is None else f'{f:.4f}' for f in finals)}")
 
 
 if __name__ == "__main__":
