@@ -53,7 +53,7 @@ def test_tables_command_writes_the_spec_tables(tmp_path):
     assert (tmp_path / "table2.md").is_file() and (tmp_path / "table3.csv").is_file()
 
 
-def test_a_wall_clock_limit_must_be_a_positive_number_of_seconds():
+def test_the_hang_guards_limit_must_be_a_positive_number_of_seconds():
     for bad in ("0", "-5", "nan", "inf", "soon"):
         out = fipo("train", "--preset", "tiny", "--experiment", "fipo", "--timeout", bad, "--dry-run")
         assert out.returncode == 2 and "--timeout" in out.stderr and repr(bad) in out.stderr, (bad, out.stderr)
