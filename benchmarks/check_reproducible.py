@@ -34,7 +34,7 @@ from bench_startup import ensure_inputs
 from fipo.analysis.rollouts import dump_files
 from fipo.analysis.runs import validation_accuracy_match
 from fipo.files import read_jsonl
-from fipo.run_folder import read_steps
+from fipo.run_folder import read_steps, run_folder
 
 def batch(path: Path) -> Counter:
     """The (prompt, response) pairs of one rollout dump, as a multiset (the order of a dump is not compared)."""
@@ -64,14 +64,6 @@ def compare(run_a: Path, run_b: Path) -> list[tuple[int, bool, int, int, float |
 def busy_processes(count: int) -> list[subprocess.Popen]:
     """``count`` processes that keep a core busy each (a loaded machine), stopped by the caller."""
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
-
-
-def run_folder_of(results: Path) -> Path:
-    """The one run folder a ``fipo train`` left under ``results`` (its name carries the seed, when one was given)."""
-    runs = [p for p in (results / "tiny" / "runs").iterdir() if p.is_dir()]
-    if len(runs) != 1:
-        sys.exit(f"expected one run under {results / 'tiny' / 'runs'}, found {[p.name for p in runs]}")
-    return runs[0]
 
 
 def final_accuracy(run: Path) -> float | None:
@@ -105,7 +97,8 @@ def main() -> None:
         for hog in hogs:
             hog.kill()
     folder = root / ("parallel" if args.side_by_side else "sequential")
-    runs = [run_folder_of(folder / f"{i}-{args.experiment}") for i in range(args.repeats)]
+    runs = [run_folder(folder / f"{i}-{args.experiment}", "tiny", args.experiment, args.seed).run_dir
+            for i in range(args.repeats)]
     how = "side by side" if args.side_by_side else "one after the other"
     print(f"tiny/{runs[0].name} trained {args.repeats} times, {args.steps} steps, {how}"
           f"{f', beside {args.hog} busy processes' if args.hog else ''} ({elapsed:.0f} s; runs under {folder})")
