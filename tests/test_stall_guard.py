@@ -29,8 +29,8 @@ def test_a_process_that_stops_writing_is_reported_after_the_limit(tmp_path):
     try:
         with pytest.raises(Stalled, match=r"^nothing written for 1 s \(after \d+ s\)$") as stalled:
             wait_while_progressing(sleeper, [tmp_path], stall_s=1.0, poll_s=0.1)
-        assert sleeper.poll() is None  # still running: stopping it is the caller's decision
-        assert 1.4 <= time.monotonic() - start < 10 and stalled.value.stall_s == 1.0
+        assert sleeper.poll() is None  # still running (so reported before its 60 s were up): stopping it is the caller's decision
+        assert time.monotonic() - start >= 1.4 and stalled.value.stall_s == 1.0  # its last write, then the limit
     finally:
         sleeper.kill()
         sleeper.wait()
