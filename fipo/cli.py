@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 from fipo import data as data_mod
 from fipo.doctor import STAGES
 from fipo.eval import BENCHMARKS
-from fipo.eval.checkpoints import SELECTIONS
+from fipo.checkpoint_steps import SELECTIONS
 from fipo.eval.metrics import DEFAULT_UNANSWERED, UNANSWERED_RULES
 from fipo.eval.models import hub_snapshot, resolve_model
 from fipo.eval.runner import ON_CHANGE

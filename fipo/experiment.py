@@ -24,15 +24,17 @@ from typing import Annotated, Any, Optional
 import pydantic
 import yaml
 
+from fipo.checkpoint_steps import SELECTIONS
 from fipo.data import DATASETS
-from fipo.verl_keys import refusal, spec_key
 from fipo.determines import CONVERT, EVALUATE, NOTHING, REPORT, SCOPE, TRAIN
 from fipo.eval import BENCHMARKS
-from fipo.eval.checkpoints import SELECTIONS
-from fipo.eval.sampling import BACKENDS
 from fipo.eval.metrics import UNANSWERED_RULES
 from fipo.eval.models import HUB_REVISION, is_hub_id
+from fipo.eval.sampling import BACKENDS
 from fipo.eval.scoring import SCORERS
+from fipo.loss_params import FIPOParams
+from fipo.run_names import run_name
+from fipo.verl_keys import refusal, spec_key
 
 # The spec folder (methods.yaml, presets/); FIPO_CONFIG_DIR points every tool, the pipeline included, elsewhere.
 CONFIG_DIR = Path(os.environ.get("FIPO_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "config")
@@ -221,6 +223,9 @@ class ReleasedSpec:
 
 
 # verl 0.9.1's trackers (verl.utils.tracking.Tracking) that this project passes through and documents
+# The rows of the paper's Table 1 a released model can be compared with (the numbers themselves are
+# fipo.analysis.paper.TABLE1; tests/test_released.py keeps the two in step).
+PAPER_ROWS = ("dapo", "fipo")
 LOGGERS = ("console", "file", "tensorboard", "wandb", "mlflow", "swanlab")
 
 EVAL_CHOICES = {"benchmarks": BENCHMARKS, "checkpoint": SELECTIONS, "backend": BACKENDS, "scorer": SCORERS,
@@ -715,8 +720,6 @@ def _validate_values(exp: Experiment, where: str, origins: Optional[Origins] = N
         _refuse_on_policy_fipo(exp, need)
     if exp.policy.loss == "fipo":
         # The loss validates the knobs once more with its own rules; surface its message here, early.
-        from fipo.loss_params import FIPOParams
-
         try:
             FIPOParams(
                 clip_ratio_low=p.clip_ratio_low, clip_ratio_high=p.clip_ratio_high, clip_ratio_c=p.clip_ratio_c,
@@ -754,14 +757,12 @@ def _refuse_on_policy_fipo(exp: Experiment, need) -> None:
 
 def with_seed(exp: Experiment, seed: int | None, study: bool = False) -> Experiment:
     """``exp`` trained under ``seed`` (verl's data, data-loader and rollout seeds: ``trainer.seed``), named as its
-    run (:func:`fipo.run_folder.run_name`: ``fipo@seed1``, or ``fipo@study-seed1`` for the study's) so that the
+    run (:func:`fipo.run_names.run_name`: ``fipo@seed1``, or ``fipo@study-seed1`` for the study's) so that the
     run's trackers and logs tell seeds apart. ``None``: ``exp`` itself, at the spec's seed."""
     if seed is None:
         return exp
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
         raise SpecError(f"seed: must be a non-negative integer below 2**32, got {seed!r}")
-    from fipo.run_folder import run_name
-
     return dataclasses.replace(exp, name=run_name(exp.name, seed, study), trainer=dataclasses.replace(exp.trainer, seed=seed))
 
 
@@ -878,10 +879,19 @@ def ablations(preset: str, config_dir: Path = CONFIG_DIR) -> dict[str, list[str]
     return {family: list(members) for family, members in families.items()}
 
 
+PAPER_SCALES = {2: "32b", 3: "7b"}  # a preset's paper_table (the paper's table of its settings) -> its scale
+
+
 def preset_info(preset: str, config_dir: Path = CONFIG_DIR) -> dict:
     """The preset's own keys: description and paper_table (2: the 32B setup, 3: the 7B one, absent: tiny)."""
     data = _load_preset(preset, Path(config_dir))
     return {"description": data.get("description", ""), "paper_table": data.get("paper_table")}
+
+
+def preset_scale(preset: str, config_dir: Path = CONFIG_DIR) -> str | None:
+    """"32b" or "7b" for a paper preset; None for a preset at no paper scale (tiny, the one-node and one-GPU
+    presets), whose artifacts mark the paper's values as not comparable."""
+    return PAPER_SCALES.get(preset_info(preset, config_dir).get("paper_table"))
 
 
 def evaluation(preset: str, config_dir: Path = CONFIG_DIR) -> EvaluationSpec:
@@ -908,8 +918,6 @@ def evaluation(preset: str, config_dir: Path = CONFIG_DIR) -> EvaluationSpec:
 
 def released(preset: str, config_dir: Path = CONFIG_DIR) -> Optional[ReleasedSpec]:
     """The preset's ``released:`` section, validated; None when the preset declares no released model."""
-    from fipo.analysis.paper import TABLE1  # the paper's numbers: data only, no analysis machinery
-
     config_dir = Path(config_dir)
     section = _load_preset(preset, config_dir).get("released")
     if section is None:
@@ -922,6 +930,7 @@ def released(preset: str, config_dir: Path = CONFIG_DIR) -> Optional[ReleasedSpe
              note("model"))
     _require(bool(HUB_REVISION.fullmatch(spec.revision)), f"{where}.revision",
              f"{spec.revision!r} is not a branch, tag or commit name", note("revision"))
-    _require(spec.paper_row in TABLE1, f"{where}.paper_row",
-             f"{spec.paper_row!r} is not a row of the paper's Table 1; allowed: {', '.join(TABLE1)}", note("paper_row"))
+    _require(spec.paper_row in PAPER_ROWS, f"{where}.paper_row",
+             f"{spec.paper_row!r} is not a row of the paper's Table 1; allowed: {', '.join(PAPER_ROWS)}",
+             note("paper_row"))
     return spec

@@ -48,7 +48,6 @@ __all__ = [
 
 BACKENDS = ("auto", "torch", "triton")
 BACKEND_ENV = "FIPO_FUTURE_KL_BACKEND"
-TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the Triton kernels take
 _triton_verified: dict[str, bool] = {}  # device -> the kernel agreed with the torch path there
 
 
@@ -98,15 +97,16 @@ def resolve_backend(x: torch.Tensor, backend: str | None = None) -> str:
         raise ValueError(f"{source}={name!r}: allowed {', '.join(BACKENDS)}")
     if name == "torch":
         return "torch"
-    runnable = (x.is_cuda or _interpreting()) and x.dtype in TRITON_DTYPES
+    kernels = _triton_module()
+    runnable = kernels is not None and (x.is_cuda or _interpreting()) and x.dtype in kernels.DTYPES
     if name == "triton":
-        if _triton_module() is None:
+        if kernels is None:
             raise ImportError("Future-KL backend 'triton' needs the triton package (pip install triton)")
         if not runnable:
-            raise ValueError(f"Future-KL backend 'triton' runs on CUDA tensors of {', '.join(map(str, TRITON_DTYPES))} "
+            raise ValueError(f"Future-KL backend 'triton' runs on CUDA tensors of {', '.join(map(str, kernels.DTYPES))} "
                              f"(or CPU ones under TRITON_INTERPRET=1); got a {x.dtype} tensor on {x.device}")
         return "triton"
-    if x.is_cuda and runnable and _triton_module() is not None and _triton_agrees_here(x.device):
+    if x.is_cuda and runnable and _triton_agrees_here(x.device):
         return "triton"
     return "torch"
 

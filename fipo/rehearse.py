@@ -30,8 +30,12 @@ from typing import Any, Callable
 from fipo import data as data_mod
 from fipo.experiment import (CONFIG_DIR, SECTIONS, Experiment, SpecError, list_experiments, list_presets, load_all,
                              load_experiment, with_overrides)
-from fipo.run_folder import LOGGED_STEP_MARKER, RunFolder, read_steps
+from fipo.checkpoint_steps import checkpoint_steps
+from fipo.run_folder import LOGGED_STEP_MARKER, read_steps, RunFolder
+from fipo.tiny import build_tiny_base_model, prepare_tiny_data
 from fipo.tiny_spec import TinyModelSpec
+from fipo.training import run_training
+from fipo.verl_command import absolute_path, model_path, verl_overrides
 from fipo.verl_keys import bare
 
 STEPS = 2
@@ -357,8 +361,6 @@ def validation_steps(exp: Experiment) -> list[int]:
 
 def check_run(run: RunFolder, exp: Experiment) -> list[str]:
     """What the finished rehearsal should have left, as problems (none: it passed)."""
-    from fipo.eval.checkpoints import checkpoint_steps
-
     steps = read_steps(run.metrics) if run.metrics.is_file() else {}
     found = {
         f"trained steps logged in {run.metrics}:": (
@@ -387,9 +389,6 @@ def rehearsal_folder(results_dir: Path, preset: str, experiment: str) -> RunFold
 
 def prepare_tiny_inputs(exp: Experiment, results_dir: Path, data_dir: Path, log: Callable[[str], None]) -> None:
     """The tiny data and model, made when missing, as the tiny preset's pipeline makes them."""
-    from fipo.tiny import build_tiny_base_model, prepare_tiny_data
-    from fipo.verl_command import model_path
-
     if not all(data_mod.dataset_path(n, data_dir).is_file() for n in [exp.data.train, *exp.data.val]):
         log(f"[rehearse] making the tiny data in {data_dir}")
         prepare_tiny_data(data_dir)
@@ -402,9 +401,6 @@ def prepare_tiny_inputs(exp: Experiment, results_dir: Path, data_dir: Path, log:
 def rehearse(preset: str, experiment: str, results_dir: Path, data_dir: Path, timeout_s: float | None = None) -> int:
     """Print the scaling table, run verl for 2 steps into a fresh rehearsal folder, check what it left.
     0: passed; verl's exit code (124: stopped by the hang guard) or 1 (the run left too little) otherwise."""
-    from fipo.training import run_training
-    from fipo.verl_command import absolute_path, verl_overrides
-
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     r = rehearsal(preset, experiment)
     print(render(r), flush=True)

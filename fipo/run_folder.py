@@ -30,12 +30,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fipo.checkpoint_steps import checkpoint_steps, latest_checkpointed_step
 from fipo.code_digest import code_digest
 from fipo.determines import TRAIN, material
 from fipo.files import MalformedLineError, read_jsonl, write_text_atomic
-from fipo.folder_lock import FolderBusy, folder_lock, lock_path
+from fipo.folder_lock import folder_lock, FolderBusy, lock_path
+from fipo.hydra_values import hydra_value
 from fipo.integrations.cpu_run import CPU_SUPPORT_MODULE
-from fipo.provenance import digest_of, library_versions, short
+from fipo.provenance import digest_of, file_digest, library_versions, short
+from fipo.run_names import run_name
 
 ATTEMPT_PATTERN = re.compile(r"^metrics\.attempt-(\d+)\.jsonl$")
 PROVENANCE_FILE = "provenance.json"
@@ -189,17 +192,12 @@ class RunFolder:
 
     def latest_checkpoint(self) -> int | None:
         """verl's ``latest_checkpointed_iteration.txt``: None when absent; a clear error when unreadable."""
-        from fipo.eval.checkpoints import latest_checkpointed_step
-
         return latest_checkpointed_step(self.checkpoints)
 
     def resume_point(self, overrides: list[str], log=print) -> list[str]:
         """Where this attempt resumes. verl saves a step's checkpoint before it logs that step's metrics, so a
         run stopped in between would resume after a step whose metrics are lost for good. Then resume from the
         checkpoint before it (or from scratch) and train that step again."""
-        from fipo.eval.checkpoints import checkpoint_steps
-        from fipo.verl_command import hydra_value  # imports this module: imported here, not at the top
-
         latest = self.latest_checkpoint()
         if latest is None:
             return overrides
@@ -238,38 +236,6 @@ class RunFolder:
         except (OSError, ValueError):
             return None
         return record if isinstance(record, dict) and record.get("fingerprint") == fingerprint else None
-
-
-SEED_MARK = "@seed"  # '@' is not allowed in experiment names (fipo.experiment.NAME_PATTERN): no run name is ambiguous
-# The study's runs (workflow/rules/study.smk) train longer than the pipeline's own runs at the same seed, so they
-# are other runs with other folders: <experiment>@study-seed<N>.
-STUDY_MARK = "@study-seed"
-RUN_NAME = re.compile(rf"^(?P<experiment>[^@]+)(?:(?P<mark>{re.escape(STUDY_MARK)}|{re.escape(SEED_MARK)})(?P<seed>[0-9]+))?$")
-
-
-def run_name(experiment: str, seed: int | None = None, study: bool = False) -> str:
-    """A run's name: its experiment's at the spec's own seed (``trainer.seed``), ``<experiment>@seed<N>`` at an
-    explicit seed N, ``<experiment>@study-seed<N>`` for the study's run at seed N."""
-    if seed is None:
-        if study:
-            raise ValueError(f"{experiment}: a study run needs a seed")
-        return experiment
-    return f"{experiment}{STUDY_MARK if study else SEED_MARK}{seed}"
-
-
-def parse_run_name(name: str) -> tuple[str, int | None, bool]:
-    """(experiment, seed or None, study) of a :func:`run_name`."""
-    match = RUN_NAME.match(name)
-    if not match:
-        raise ValueError(f"{name!r} is not a run name (<experiment>, <experiment>@seed<N> or <experiment>@study-seed<N>)")
-    seed = match.group("seed")
-    return match.group("experiment"), None if seed is None else int(seed), match.group("mark") == STUDY_MARK
-
-
-def run_seeds(seeds=()) -> list[int | None]:
-    """The seeds of an experiment's runs: each of ``seeds``, or ``[None]`` (its one run, at the spec's seed) when
-    ``seeds`` is empty, as the pipeline's config ``seeds`` and the notebooks' parameter mean it."""
-    return list(seeds) or [None]
 
 
 def run_folder(results_dir, preset: str, experiment: str, seed: int | None = None, study: bool = False) -> RunFolder:
@@ -327,8 +293,6 @@ def run_provenance(exp, portable_overrides: list[str], data_files: dict[str, Pat
     together), the verl overrides it renders to with machine paths replaced by placeholders
     (:func:`fipo.verl_command.portable_overrides`: a change to how a spec is rendered), the data files' content
     (dataset name -> file) and the model (its spec path and, for a local folder, its content digest)."""
-    from fipo.provenance import file_digest
-
     spec = _spec_material(exp, version)
     identity = {"spec_fingerprint": digest_of(spec), "overrides": portable_overrides,
                 "data": {name: file_digest(path) for name, path in sorted(data_files.items())}, "model": model}

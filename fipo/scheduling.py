@@ -1,7 +1,7 @@
 """How many CPU training runs Snakemake runs side by side (pipeline config ``train.cpu_side_by_side``).
 
 A tiny verl run keeps two cores busy only part of the time: its start-up is a chain of Ray actors that each import
-verl in turn, and its rollouts wait on per-response Ray calls (README, "Timing of the tiny pipeline"). Two runs side
+verl in turn, and its rollouts wait on per-response Ray calls (benchmarks/README.md, "The tiny pipeline"). Two runs side
 by side on 2 cores therefore finish sooner than two in a row (``benchmarks/bench_parallel_runs.py`` measures it).
 Snakemake has no notion of that, so the train rule gives each CPU run ``cores // side_by_side`` threads and lets
 the core count do the limiting. The default (null) allows two at once where the cores and the memory are there;

@@ -26,7 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from fipo.code_digest import PACKAGE_DIR, code_digest
 from fipo.data import dataset_path, verl_row, write_parquet_atomic
+from fipo.eval.sampling import HFSampler, SamplingSettings
+from fipo.eval.scoring import score_math_dapo
 from fipo.files import current_umask
 from fipo.folder_lock import folder_lock
 from fipo.tiny_spec import TinyModelSpec  # a module of its own, free of pandas: fipo.tiny_spec says why
@@ -264,9 +267,6 @@ def form_report(sampler, problems: list[Problem], n: int = 4, temperature: float
 
     A sample's form is what it wrote (:func:`response_form`), so the shares are conditional: "worked, 4 terms:
     0.8" reads "of the 4-term samples the model worked out, 80 % were right"."""
-    from fipo.eval.sampling import SamplingSettings
-    from fipo.eval.scoring import score_math_dapo
-
     settings = SamplingSettings(n=n, temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=seed)
     prompts = [chat_prompt(sampler.tokenizer, p.prompt()) for p in problems]
     cells: dict[tuple[int, str], list[bool]] = {}
@@ -302,7 +302,7 @@ def _quantiles(values: list[int]) -> dict[str, float] | None:
 
 
 def format_form_report(report: dict) -> str:
-    """The report as a small text table (the tiny-model log and the README)."""
+    """The report as a small text table (the tiny-model log and docs/tiny-preset.md)."""
 
     def cell(c: dict) -> str:
         accuracy = "-" if c["accuracy"] is None else f"{c['accuracy']:.2f}"
@@ -362,8 +362,6 @@ def _build_tiny_base_model(out_dir: Path, spec: TinyModelSpec, log, report: bool
         trained_s = time.time() - start
         record = {"spec": spec.__dict__, "final_loss": losses[-1], "seconds": round(trained_s, 1)}
         if report:
-            from fipo.eval.sampling import HFSampler
-
             forms = form_report(HFSampler(str(tmp)), held_out_problems(REPORT_PROBLEMS, spec.seed), seed=spec.seed)
             log("[tiny warm start] the base model on held-out problems:\n" + format_form_report(forms))
             (tmp / FORM_REPORT).write_text(json.dumps(forms, indent=1) + "\n")
@@ -413,8 +411,6 @@ def model_fingerprint(spec: TinyModelSpec = TinyModelSpec(), code_root: Path | N
     `fipo` module it imports, as their syntax trees: fipo.code_digest, the digest the figures carry too). The
     pipeline's tiny_model job carries it as a param: a change to any of them remakes the model. ``code_root``: the
     package folder to read the code from (a test's edited copy)."""
-    from fipo.code_digest import PACKAGE_DIR, code_digest
-
     train = split_problems(spec.seed)["train"]
     return _digest({"problems": [(p.prompt(), p.solution("direct"), p.solution("worked")) for p in train],
                     "spec": spec.__dict__, "chat_template": CHAT_TEMPLATE, "special_tokens": SPECIAL_TOKENS,

@@ -14,9 +14,10 @@ import sys
 import time
 
 from fipo.experiment import Experiment
+from fipo.hydra_values import hydra_value
 from fipo.run_folder import RunFolder
 from fipo.stall_guard import Stalled, wait_while_progressing
-from fipo.verl_command import VERL_ENTRY, command_line, hydra_value, verl_environment
+from fipo.verl_command import VERL_ENTRY, command_line, verl_environment
 
 RAY_ADDRESS_KEY = "+ray_kwargs.ray_init.address"
 RUNTIME_ENV_VARS = "ray_kwargs.ray_init.runtime_env.env_vars"

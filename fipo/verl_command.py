@@ -9,7 +9,6 @@ config tree and instantiates the actor config, so a misspelt key fails there, no
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -17,44 +16,13 @@ from typing import Any
 from fipo.data import dataset_path
 from fipo.determines import NOTHING, declarations
 from fipo.experiment import SECTIONS, Experiment
+from fipo.hydra_values import hydra_value
+from fipo.integrations.cpu_run import cpu_environment, sampler_overrides
 from fipo.run_folder import RunFolder
 from fipo.verl_keys import POLICY_LOSS, SPEC_KEYS
 
 VERL_ENTRY = ("python", "-m", "verl.trainer.main_ppo")
 FIPO_CONFIG_TARGET = "fipo.verl_plugin.FIPOPolicyLossConfig"
-
-
-# Written bare only when Hydra reads it back as this very string (not a number, bool, null or interpolation).
-_BARE = re.compile(r"[A-Za-z_/][A-Za-z0-9_./+-]*")
-_BARE_KEYWORDS = {"true", "false", "null", "none", "inf", "nan"}
-
-
-def hydra_value(value: Any) -> str:
-    """A Python value as Hydra override syntax that Hydra and OmegaConf read back unchanged (any path works:
-    spaces, non-ASCII, ``#``, quotes, backslashes, ``${``)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    text = str(value)
-    if _BARE.fullmatch(text) and text.lower() not in _BARE_KEYWORDS:
-        return text
-    return hydra_quote(text)
-
-
-def hydra_quote(text: str) -> str:
-    """A single-quoted Hydra string. OmegaConf reads ``${`` as an interpolation: ``\\${`` is a literal one
-    (backslashes right before it double). Hydra, inside quotes, escapes the quote and doubles the backslashes
-    that precede a quote or the closing quote."""
-    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
-    text = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text)
-    return "'" + text + "'"
 
 
 def model_path(exp: Experiment, results_dir: Path) -> str:
@@ -160,8 +128,6 @@ def verl_items(
     if ray_address:
         items.append(("+ray_kwargs.ray_init.address", ray_address))
     if exp.trainer.device == "cpu":
-        from fipo.integrations.cpu_run import sampler_overrides
-
         metric = exp.algorithm.filter_metric if exp.algorithm.filter_groups else None
         items += sampler_overrides(metric, exp.data.train_batch_size, exp.data.gen_batch_size).items()
     items += sorted(exp.engine.items())
@@ -174,8 +140,6 @@ def verl_environment(run: RunFolder, exp: Experiment, metrics_path: Path | None 
     if "tensorboard" in exp.trainer.loggers:
         env["TENSORBOARD_DIR"] = str(run.tensorboard)
     if exp.trainer.device == "cpu":
-        from fipo.integrations.cpu_run import cpu_environment
-
         env.update(cpu_environment())
     return env
 

@@ -213,7 +213,8 @@ def test_bad_sampling_settings_are_rejected():
 def test_checkpoint_selection_last_and_best(tmp_path):
     import json as _json
 
-    from fipo.eval.checkpoints import checkpoint_steps, merge_command, select_step
+    from fipo.eval.checkpoints import merge_command, select_step
+    from fipo.checkpoint_steps import checkpoint_steps
 
     for step in (5, 10, 15):
         (tmp_path / "ckpt" / f"global_step_{step}" / "actor").mkdir(parents=True)
@@ -559,7 +560,7 @@ def test_best_checkpoint_reads_metrics_past_a_torn_line_and_names_a_bad_one(tmp_
 
 
 def test_latest_checkpointed_step(tmp_path):
-    from fipo.eval.checkpoints import latest_checkpointed_step
+    from fipo.checkpoint_steps import latest_checkpointed_step
 
     assert latest_checkpointed_step(tmp_path) is None
     marker = tmp_path / "latest_checkpointed_iteration.txt"

@@ -13,7 +13,7 @@ from fipo.analysis.errors import MissingRunError
 from fipo.analysis.paper import TABLE1
 from fipo.analysis.released import released_eval_dir, released_table, write_released_table
 from fipo.eval.runner import summarize_records
-from fipo.experiment import CONFIG_DIR, SpecError, released
+from fipo.experiment import CONFIG_DIR, PAPER_ROWS, SpecError, released
 
 SNAPSHOT = "/hf/hub/models--QwenPilot--FIPO_32B/snapshots/0123456789abcdef0123456789abcdef01234567"
 
@@ -47,6 +47,10 @@ def test_the_32b_preset_declares_the_released_fipo_checkpoint():
     spec = released("qwen2.5-32b")
     assert spec.model == "QwenPilot/FIPO_32B" and spec.paper_row == "fipo" and spec.revision
     assert released("tiny") is None and released("qwen2.5-7b-math") is None
+
+
+def test_the_rows_a_released_model_may_name_are_the_rows_of_the_papers_table_1():
+    assert set(PAPER_ROWS) == set(TABLE1)
 
 
 @pytest.mark.parametrize("section, message", [

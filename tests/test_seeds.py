@@ -17,7 +17,8 @@ from fipo.analysis import evals, plotting, runs
 from fipo.analysis.across_seeds import across_seeds, band
 from fipo.analysis.errors import AnalysisError, MissingRunError
 from fipo.eval.metrics import clopper_pearson
-from fipo.run_folder import parse_run_name, run_folder, run_name
+from fipo.run_folder import run_folder
+from fipo.run_names import parse_run_name, run_name
 
 from test_analysis import _run_notebook, eval_summary, write_metrics
 

@@ -15,7 +15,8 @@ from verl.utils.config import omega_conf_to_dataclass, validate_config
 from fipo.data import dataset_path
 from fipo.experiment import list_experiments, list_presets, load_experiment
 from fipo.run_folder import RunFolder
-from fipo.verl_command import command_line, hydra_value, verl_overrides
+from fipo.verl_command import command_line, verl_overrides
+from fipo.hydra_values import hydra_value
 from fipo.verl_plugin import FIPOPolicyLossConfig
 
 VERL_CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")

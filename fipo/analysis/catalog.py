@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fipo.experiment import list_experiments, preset_info
+from fipo.analysis.labels import run_labels
+from fipo.experiment import list_experiments, preset_scale
 
 FIGURE_SUFFIXES = (".png", ".pdf")
 STUDY_REPORT = "study.md"  # <results>/<preset>/study.md: the study target's report (workflow/rules/study.smk)
@@ -84,7 +85,6 @@ ARTIFACTS: dict[str, Artifact] = {a.id: a for a in (
              ("fipo",), None, ("metrics", "token_dump")),
 )}
 
-SCALES = {2: "32b", 3: "7b"}  # the preset's paper_table -> its scale
 
 LABELS = {
     "dapo": "DAPO", "grpo": "GRPO", "fipo": "FIPO", "fipo-raw": "FIPO, raw Future-KL (no filtering)",
@@ -99,15 +99,7 @@ def label(experiment: str, preset: str | None = None, among: tuple[str, ...] | l
     differs from the runs it is compared with, ``among``; fipo.analysis.labels), else the paper's name."""
     if preset is None:
         return LABELS.get(experiment, experiment)
-    from fipo.analysis.labels import run_labels
-
     return run_labels(preset, tuple(dict.fromkeys([*among, experiment])))[experiment]
-
-
-def preset_scale(preset: str) -> str | None:
-    """"32b" or "7b" for a paper preset; None for a preset at no paper scale (tiny, the one-node and one-GPU presets):
-    it makes every artifact whose runs it defines, its paper values marked not comparable."""
-    return SCALES.get(preset_info(preset).get("paper_table"))
 
 
 def artifacts_for(preset: str) -> list[Artifact]:

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
-from fipo.analysis.errors import AnalysisError, MalformedLogError, MissingMetricError, MissingRunError
 from fipo.analysis.across_seeds import across_seeds
+from fipo.analysis.errors import AnalysisError, MalformedLogError, MissingMetricError, MissingRunError
 from fipo.eval.metrics import SUMMARY_VERSION, clopper_pearson
-from fipo.run_folder import run_name, run_seeds
+from fipo.run_names import run_name, run_seeds
 
 # The column titles of the tables: what an interval resamples, in a few words.
 CI_LABEL = "95% CI over problems"

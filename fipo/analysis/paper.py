@@ -3,6 +3,8 @@ and Figure 1 draws the reference lines. Values are AIME accuracies in %."""
 
 from __future__ import annotations
 
+from fipo.experiment import preset_scale
+
 # The paper's evaluation benchmarks, by the dataset names of this project (fipo.data.DATASETS).
 BENCHMARK_NAMES = {"aime2024": "AIME 2024", "aime2025": "AIME 2025"}
 
@@ -10,8 +12,6 @@ BENCHMARK_NAMES = {"aime2024": "AIME 2024", "aime2025": "AIME 2025"}
 def comparable(preset: str, scale: str, benchmark: str) -> bool:
     """Whether a paper value of ``scale`` ("32b", "7b") on ``benchmark`` may share an axis or a column with a
     result of ``preset``: same scale and the same benchmark."""
-    from fipo.analysis.catalog import preset_scale
-
     return preset_scale(preset) == scale and benchmark in BENCHMARK_NAMES
 
 

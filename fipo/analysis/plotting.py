@@ -12,10 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fipo.analysis import catalog  # noqa: E402
-from fipo.files import atomic_write, write_text_atomic  # noqa: E402
 from fipo.analysis.across_seeds import band  # noqa: E402
-from fipo.analysis.runs import experiment_runs, series  # noqa: E402
+from fipo.analysis.labels import validation_benchmarks  # noqa: E402
+from fipo.analysis.runs import experiment_runs, series, validation_metric  # noqa: E402
 from fipo.eval.metrics import LEVEL  # noqa: E402
+from fipo.files import atomic_write, write_text_atomic  # noqa: E402
+from fipo.tables import to_csv, to_latex, to_markdown  # noqa: E402
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 160, "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9,
@@ -125,8 +127,6 @@ def save_table(frame: pd.DataFrame, out_dir, name: str, caption: str = "", notes
     """``<name>.csv``, ``.md`` and ``.tex`` of a table of strings and numbers; ``notes`` (footnotes: what the
     numbers and intervals are) go under the Markdown and LaTeX tables (the CSV stays plain: its column titles
     carry the labels)."""
-    from fipo.tables import to_csv, to_latex, to_markdown
-
     header = [str(c) for c in frame.columns]
     rows = [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
     paths = []
@@ -146,9 +146,6 @@ def _cell(value) -> str:
 def plot_validation(ax, frame: pd.DataFrame, experiments: Sequence[str], stat: str = "mean", title: str = "") -> None:
     """Validation accuracy in % (Avg@N for ``stat="mean"``, Cons@N for ``"maj"``) against step; several seeds of an
     experiment as in :func:`plot_seeds`."""
-    from fipo.analysis.labels import validation_benchmarks
-    from fipo.analysis.runs import validation_metric
-
     name, benchmarks = "", []
     for experiment in experiments:
         runs = experiment_runs(frame, experiment)

@@ -18,7 +18,8 @@ import pandas as pd
 from fipo.analysis import evals
 from fipo.analysis.errors import MalformedLogError, MissingRunError
 from fipo.analysis.paper import BENCHMARK_NAMES, TABLE1
-from fipo.experiment import ReleasedSpec, evaluation, released
+from fipo.analysis.plotting import save_table
+from fipo.experiment import evaluation, released, ReleasedSpec
 from fipo.provenance import short
 
 TABLE_NAME = "released"
@@ -82,8 +83,6 @@ def released_table(summaries: dict[str, dict], preset: str, spec: ReleasedSpec) 
 def write_released_table(results_dir, preset: str, out_dir=None) -> list[Path]:
     """``released.{csv,md,tex}`` under ``out_dir`` (default ``<results_dir>/<preset>/tables``) from the released
     model's evaluation summaries on the preset's benchmarks."""
-    from fipo.analysis.plotting import save_table
-
     spec = released(preset)
     if spec is None:
         raise ValueError(f"preset {preset!r} declares no released model (a 'released:' section in its preset file)")

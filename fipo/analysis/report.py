@@ -12,12 +12,13 @@ from pathlib import Path
 import pandas as pd
 
 from fipo.analysis import catalog
-from fipo.analysis.labels import plain
+from fipo.analysis.labels import plain, settings_table
 from fipo.analysis.locate import project_root
 from fipo.analysis.runs import run_folder
-from fipo.run_folder import read_steps, run_name, run_seeds
 from fipo.experiment import evaluation, load_experiment, preset_info
 from fipo.provenance import digest_of, file_digest, short
+from fipo.run_folder import read_steps
+from fipo.run_names import run_name, run_seeds
 
 
 def run_settings(preset: str, experiment: str) -> dict[str, str]:
@@ -47,8 +48,6 @@ def _key_value_table(values: dict) -> str:
 
 def _all_settings(preset: str, experiments) -> str:
     """Every setting of the compared runs (key, one column per run), the differing keys first, folded away."""
-    from fipo.analysis.labels import settings_table
-
     header = "".join(f"<th>{html.escape(e)}</th>" for e in experiments)
     body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
                    + "".join(f"<td>{html.escape(v)}</td>" for v in values) + "</tr>"

@@ -18,7 +18,8 @@ import pandas as pd
 
 from fipo.analysis.errors import AnalysisError, MalformedLogError, MissingMetricError, MissingRunError
 from fipo.files import MalformedLineError
-from fipo.run_folder import read_steps, run_folder, run_name, run_seeds
+from fipo.run_folder import read_steps, run_folder
+from fipo.run_names import run_name, run_seeds
 
 COLUMNS = ["run", "preset", "experiment", "seed", "step", "metric", "value"]
 

@@ -16,6 +16,7 @@ from typing import Optional
 
 from fipo.doctor.checks import Result, run_checks
 from fipo.doctor.needs import combine, released_needs, run_eval_needs, train_needs
+from fipo.doctor.probe import SystemProbe
 from fipo.experiment import evaluation, list_experiments, load_experiment, released, with_overrides
 
 STAGES = ("all", "train", "eval", "released")  # all: train and evaluate the experiment(s)
@@ -29,8 +30,6 @@ def diagnose(preset: str, results_dir: Path, data_dir: Path, experiment: Optiona
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}; allowed: {', '.join(STAGES)}")
     if probe is None:
-        from fipo.doctor.probe import SystemProbe
-
         probe = SystemProbe()
     spec = evaluation(preset)
     if benchmark is not None and benchmark not in spec.benchmarks:

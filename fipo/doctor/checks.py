@@ -17,7 +17,7 @@ from fipo.doctor.probe import ProbeError
 from fipo.eval.models import is_hub_id
 
 GIB = 1 << 30
-RAY_RECIPE = "README, 'Paper scale on a cluster'"
+RAY_RECIPE = "docs/scale.md, 'Paper scale on a cluster'"
 
 
 @dataclass(frozen=True)

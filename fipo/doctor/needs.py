@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from fipo.checkpoint_steps import checkpoint_steps
 from fipo.doctor import estimates
-from fipo.eval.checkpoints import checkpoint_steps
 from fipo.experiment import EvaluationSpec, Experiment, ReleasedSpec
 from fipo.run_folder import run_folder
 from fipo.verl_command import model_path

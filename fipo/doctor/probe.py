@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
+from fipo.eval.models import hub_snapshot
 
 
 class ProbeError(RuntimeError):
@@ -95,8 +96,6 @@ class SystemProbe:
 
     def cached_model(self, model: str, revision: Optional[str]) -> Optional[Path]:
         """The hub model's snapshot folder in the Hugging Face cache, without any network access."""
-        from fipo.eval.models import hub_snapshot
-
         try:
             return hub_snapshot(model, revision, download=False)
         except (FileNotFoundError, ValueError):

@@ -5,30 +5,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from fipo.checkpoint_steps import SELECTIONS, checkpoint_steps
 from fipo.files import write_text_atomic
 from fipo.folder_lock import folder_lock
 from fipo.provenance import folder_digest
 from fipo.run_folder import read_steps
 
-STEP_DIR = re.compile(r"^global_step_(\d+)$")
-LATEST_MARKER = "latest_checkpointed_iteration.txt"  # verl writes the last saved step there
-SELECTIONS = ("last", "best")  # which checkpoint to evaluate
-
-
-def checkpoint_steps(checkpoint_dir: Path) -> list[int]:
-    """Steps with a saved actor under ``checkpoint_dir`` (``trainer.default_local_dir``), ascending."""
-    steps = []
-    for path in Path(checkpoint_dir).glob("global_step_*"):
-        match = STEP_DIR.match(path.name)
-        if match and (path / "actor").is_dir():
-            steps.append(int(match.group(1)))
-    return sorted(steps)
 
 
 def select_step(checkpoint_dir: Path, which: str = "last", metrics_path: Path | None = None, metric: str | None = None) -> int:
@@ -60,18 +47,6 @@ def select_step(checkpoint_dir: Path, which: str = "last", metrics_path: Path | 
         raise ValueError(f"{metrics_path}: '{metric}' is not finite (NaN/inf) at every checkpointed step that "
                          f"logged it: {logged}")
     return -max(scored)[1]
-
-
-def latest_checkpointed_step(checkpoint_dir: Path) -> int | None:
-    """The step in verl's ``latest_checkpointed_iteration.txt``; None when there is no such file."""
-    path = Path(checkpoint_dir) / LATEST_MARKER
-    if not path.is_file():
-        return None
-    text = path.read_text().strip()
-    if not text.isascii() or not text.isdigit():
-        raise ValueError(f"{path}: expected the step number verl writes there, found {text!r}; delete the file to "
-                         "resume from the newest global_step_N folder, or the run folder to start over")
-    return int(text)
 
 
 def merge_command(actor_dir: Path, target_dir: Path) -> list[str]:

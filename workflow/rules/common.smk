@@ -33,7 +33,8 @@ from fipo.code_digest import code_digest
 from fipo.folder_lock import held_locks
 from fipo.determines import CONVERT, EVALUATE, REPORT, config_material, fingerprint
 from fipo.provenance import project_version
-from fipo.run_folder import parse_run_name, run_name, run_seeds, spec_fingerprint
+from fipo.run_folder import spec_fingerprint
+from fipo.run_names import parse_run_name, run_name, run_seeds
 from fipo.scheduling import CPU_EVALUATION_MEM_MB, CPU_TRAINING_MEM_MB, cpu_training_threads, machine_memory_mb
 
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
