@@ -129,7 +129,7 @@ def verl_items(
         items.append(("+ray_kwargs.ray_init.address", ray_address))
     if exp.trainer.device == "cpu":
         metric = exp.algorithm.filter_metric if exp.algorithm.filter_groups else None
-        items += sampler_overrides(metric, exp.data.train_batch_size, exp.data.gen_batch_size).items()
+        items += sampler_overrides(metric, exp.data.train_batch_size, exp.data.gen_batch_size, exp.trainer.seed).items()
     items += sorted(exp.engine.items())
     return items
 

@@ -115,6 +115,24 @@ def test_a_response_depends_on_seed_step_prompt_and_rank_not_on_its_batch(tiny_w
     assert _sample(next_step, [a, b, a, c, a], params) != together
 
 
+def test_a_responses_log_probs_do_not_depend_on_the_prompts_it_shares_a_batch_with(server):
+    """Which requests share a generation batch depends on when they arrive. A row's logits moved by ~1e-6 with its
+    batch's padding width (now and then flipping a sampled token), so every batch is padded to the longest
+    prompt verl allows, and a response's log-probs are the same bits alone or beside a longer prompt."""
+    tok = server.tokenizer
+    short = prompt_ids(tok, "Add 3+4. End with the line Answer: N")
+    long = prompt_ids(tok, "Add 3+4+5+6+7. Show each partial sum on a line of its own. End with the line Answer: N")
+    assert len(long) > len(short) + 5
+    params = {"temperature": 0, "max_tokens": 12}
+
+    async def run(prompts):
+        return await asyncio.gather(*[server.generate(p, params, request_id=str(i)) for i, p in enumerate(prompts)])
+
+    alone = asyncio.run(run([short]))[0]
+    beside = asyncio.run(run([short, long]))[0]
+    assert alone.token_ids == beside.token_ids and alone.log_probs == beside.log_probs
+
+
 def test_top_k_one_is_greedy_and_top_p_keeps_the_most_likely_token(server):
     tok = server.tokenizer
     greedy = _sample(server, [prompt_ids(tok)], {"temperature": 0, "max_tokens": 8})
@@ -161,7 +179,8 @@ def test_the_values_fipo_train_hands_verl_name_this_module_and_need_no_verl_impo
 
     assert cpu_run.CPU_SUPPORT_MODULE == verl_cpu.__name__
     assert getattr(verl_cpu, cpu_run.QUICK_POLL_SAMPLER) is verl_cpu.QuickPollReplayBuffer
-    keys = cpu_run.sampler_overrides("acc", 16, None)
+    keys = cpu_run.sampler_overrides("acc", 16, None, seed=3)
+    assert keys["++trainer.v1.sampler.sampler_kwargs"]["uid_seed"] == 3
     assert keys["trainer.v1.sampler.custom_sampler.path"] == f"pkg://{verl_cpu.__name__}"
     code = ("import sys\nfrom fipo.experiment import load_experiment\nfrom fipo.verl_command import verl_overrides, "
             "verl_environment\nfrom fipo.run_folder import run_folder\nexp = load_experiment('tiny', 'fipo')\n"
@@ -178,6 +197,9 @@ def _buffer_with(dispatched: list[tuple[str, int]], finished_order: list[str], n
     import verl.trainer.ppo.v1.replay_buffer as verl_buffer
 
     monkeypatch.setattr(verl_buffer.tq, "kv_clear", lambda **kwargs: None)
+    # every response alike: the order below is by dispatch and sample number alone
+    monkeypatch.setattr(verl_buffer.tq, "kv_batch_get", lambda keys, partition_id, select_fields: {
+        "responses": [torch.tensor([0]) for _ in keys]})
     buffer = verl_cpu.QuickPollReplayBuffer(
         trainer_mode="sync", trainer_config=None, max_off_policy_threshold=None, max_off_policy_strategy="drop",
         sampler_kwargs={"train_batch_size": 4, "filter_groups_metric": None},
@@ -223,6 +245,58 @@ def test_trajectory_keys_sort_by_number_not_by_text():
     keys = ["a_10_0", "a_2_0", "b_1_1", "b_1_0", "a_2_1"]
     assert sorted(keys, key=lambda k: verl_cpu._trajectory_position(k, position)) == [
         "b_1_0", "b_1_1", "a_2_0", "a_2_1", "a_10_0"]
+
+
+def test_a_groups_trajectories_are_ordered_by_their_responses_not_by_which_session_received_them(monkeypatch):
+    """A group's responses are fixed by its prompt's seeds, but which session receives which follows the order the
+    requests reached the rollout server. Two runs that dealt one group's responses to its sessions differently
+    give one batch: the responses in one order."""
+    import random
+
+    import verl.trainer.ppo.v1.replay_buffer as verl_buffer
+
+    monkeypatch.setattr(verl_buffer.tq, "kv_clear", lambda **kwargs: None)
+    group = {"a": [(5, 1), (2, 9, 9), (2, 9)], "b": [(7,), (7,), (1, 2)]}  # b: two sessions wrote the same response
+    rng = random.Random()
+    batches = set()
+    for _ in range(6):
+        dealt = {uid: rng.sample(responses, len(responses)) for uid, responses in group.items()}
+        received = {f"{uid}_{s}_0": response for uid, responses in dealt.items() for s, response in enumerate(responses)}
+
+        def kv_batch_get(keys, partition_id, select_fields):
+            assert select_fields == ["responses"] and partition_id == "train"
+            return {"responses": [torch.tensor(received[k]) for k in keys]}
+
+        monkeypatch.setattr(verl_cpu.tq, "kv_batch_get", kv_batch_get)
+        buffer = verl_cpu.QuickPollReplayBuffer(
+            trainer_mode="sync", trainer_config=None, max_off_policy_threshold=None, max_off_policy_strategy="drop",
+            sampler_kwargs={"train_batch_size": 2, "filter_groups_metric": None})
+        snapshot = {key: {"uid": key.split("_")[0]} for key in received}
+        batch = buffer._materialize_batch("train", ["b", "a"], snapshot)
+        batches.add(tuple(received[k] for k in batch.keys))
+    assert batches == {((1, 2), (7,), (7,), (2, 9), (2, 9, 9), (5, 1))}
+
+
+def test_prompt_names_come_from_the_runs_seed(monkeypatch):
+    """verl names prompts by uuid4, and the names ordered what the replay buffer saw: a run's seed now draws them."""
+    import uuid
+
+    from verl.trainer.ppo.v1 import trainer_base
+
+    monkeypatch.setattr(trainer_base, "uuid", trainer_base.uuid)  # restored after the test
+
+    def names(seed, count=200):
+        verl_cpu.seed_prompt_uids(seed)
+        return [str(trainer_base.uuid.uuid4()) for _ in range(count)]
+
+    first = names(1)
+    assert names(1) == first and names(2) != first
+    assert len(set(first)) == len(first)
+    assert all(uuid.UUID(name).version == 4 for name in first)
+    verl_cpu.QuickPollReplayBuffer(
+        trainer_mode="sync", trainer_config=None, max_off_policy_threshold=None, max_off_policy_strategy="drop",
+        sampler_kwargs={"train_batch_size": 2, "filter_groups_metric": None, "uid_seed": 1})
+    assert [str(trainer_base.uuid.uuid4()) for _ in range(200)] == first
 
 
 def test_under_filtering_the_training_batch_is_decided_only_when_nothing_is_in_flight(monkeypatch):

@@ -30,10 +30,13 @@ def cpu_environment() -> dict[str, str]:
 
 
 def sampler_overrides(
-    filter_groups_metric: Optional[str], train_batch_size: int, gen_batch_size: Optional[int], poll_interval: float = 0.05
+    filter_groups_metric: Optional[str], train_batch_size: int, gen_batch_size: Optional[int], seed: int,
+    poll_interval: float = 0.05,
 ) -> dict[str, Any]:
-    """The verl keys that plug in the CPU support's quick-poll replay buffer for one experiment."""
-    kwargs = {"poll_interval": poll_interval, "filter_groups_metric": filter_groups_metric, "train_batch_size": train_batch_size}
+    """The verl keys that plug in the CPU support's quick-poll replay buffer for one experiment; ``seed`` (the
+    run's ``trainer.seed``) seeds the names verl gives its prompts."""
+    kwargs = {"poll_interval": poll_interval, "filter_groups_metric": filter_groups_metric,
+              "train_batch_size": train_batch_size, "uid_seed": seed}
     if gen_batch_size is not None:
         kwargs["gen_batch_size"] = gen_batch_size
     return {

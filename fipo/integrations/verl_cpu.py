@@ -30,7 +30,9 @@ import contextlib
 import dataclasses
 import functools
 import os
+import random
 import time
+import uuid
 from types import SimpleNamespace
 from typing import Any, NamedTuple, Optional
 
@@ -331,7 +333,10 @@ class HFRolloutServer:
         temperature, top_p, top_k, max_new = key
         pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
-        width = max(map(len, prompts))
+        # Every batch is left-padded to the longest prompt verl allows, not to its own longest: a row's logits
+        # moved by ~1e-6 with its padding width, which now and then flipped a sampled token, and which requests
+        # share a batch depends on when they arrive.
+        width = max(self.prompt_length, *map(len, prompts))
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         greedy = temperature <= 0
@@ -474,14 +479,39 @@ class HFRolloutAdapter(rollout_base.BaseRollout):
 
 
 # Imported only now: importing verl's trainer modules resolves the platform, which must be registered first.
+import transfer_queue as tq  # noqa: E402
+from verl.trainer.ppo.v1 import trainer_base  # noqa: E402
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer  # noqa: E402
 
 
-def _trajectory_position(key: str, prompt_position: dict[str, int]) -> tuple:
+def seed_prompt_uids(seed: int) -> None:
+    """Name the prompts verl's trainer dispatches from a generator seeded by the run's seed instead of uuid4.
+
+    The trainer names each prompt ``str(uuid.uuid4())`` (``trainer_base``: no hook), and the names order what the
+    replay buffer sees: two DAPO runs of one spec and seed, with the same samples in their first batch, logged
+    entropies 1.5e-8 apart at step 1 with random names and equal ones with seeded names. The names stay unique:
+    128 random bits each, and TransferQueue starts empty with every attempt of a run."""
+    generator = random.Random(seed)
+    trainer_base.uuid = SimpleNamespace(uuid4=lambda: uuid.UUID(int=generator.getrandbits(128), version=4))
+
+
+def _response_order(partition_id: str, keys: list[str]) -> list[tuple[int, ...]]:
+    """The response tokens of each trajectory in ``keys``, as tuples (a sort key)."""
+    if not keys:
+        return []
+    data = tq.kv_batch_get(keys=keys, partition_id=partition_id, select_fields=["responses"])
+    return [tuple(int(t) for t in row.tolist()) for row in data["responses"]]
+
+
+def _trajectory_position(key: str, prompt_position: dict[str, int], response: tuple[int, ...] = ()) -> tuple:
     """Where trajectory ``{uid}_{session_id}_{index}`` (verl's key format) goes in a batch: after the trajectories
-    of the prompts selected before its own, then by session (the sample's number in its group) and index."""
+    of the prompts selected before its own, then by its response tokens, then by session and index.
+
+    Not by session first: a group's responses are sampled with the seeds of its prompt (:class:`HFRolloutServer`),
+    but which session receives which of them follows the order its requests reached the server, which the agent
+    loop's tasks and the load balancer decide. Two runs gave one group's sessions 2 and 3 each other's responses."""
     uid, *rest = key.split("_")
-    return prompt_position[uid], tuple((0, int(part)) if part.isdigit() else (1, part) for part in rest)
+    return prompt_position[uid], response, tuple((0, int(part)) if part.isdigit() else (1, part) for part in rest)
 
 
 class QuickPollReplayBuffer(ReplayBuffer):
@@ -539,13 +569,16 @@ class QuickPollReplayBuffer(ReplayBuffer):
     def _materialize_batch(self, partition_id: str, selected_prompt_uids: list[str], partition_snapshot: dict):
         batch = super()._materialize_batch(partition_id, selected_prompt_uids, partition_snapshot)
         position = {uid: i for i, uid in enumerate(selected_prompt_uids)}
-        order = sorted(range(len(batch.keys)), key=lambda i: _trajectory_position(batch.keys[i], position))
+        responses = _response_order(partition_id, batch.keys)
+        order = sorted(range(len(batch.keys)), key=lambda i: _trajectory_position(batch.keys[i], position, responses[i]))
         return dataclasses.replace(batch, keys=[batch.keys[i] for i in order], tags=[batch.tags[i] for i in order])
 
     def __init__(self, *, sampler_kwargs=None, **kwargs):
         options = dict(sampler_kwargs or {})
         metric = options.pop("filter_groups_metric", None)
         train_batch_size = int(options.pop("train_batch_size"))
+        if "uid_seed" in options:
+            seed_prompt_uids(int(options.pop("uid_seed")))
         super().__init__(
             sampler_kwargs=options,
             poll_interval=float(options.pop("poll_interval", 0.05)),
