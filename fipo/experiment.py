@@ -222,10 +222,10 @@ class ReleasedSpec:
     description: Annotated[str, NOTHING] = ""
 
 
-# verl 0.9.1's trackers (verl.utils.tracking.Tracking) that this project passes through and documents
 # The rows of the paper's Table 1 a released model can be compared with (the numbers themselves are
 # fipo.analysis.paper.TABLE1; tests/test_released.py keeps the two in step).
 PAPER_ROWS = ("dapo", "fipo")
+# verl 0.9.1's trackers (verl.utils.tracking.Tracking) that this project passes through and documents
 LOGGERS = ("console", "file", "tensorboard", "wandb", "mlflow", "swanlab")
 
 EVAL_CHOICES = {"benchmarks": BENCHMARKS, "checkpoint": SELECTIONS, "backend": BACKENDS, "scorer": SCORERS,

@@ -133,12 +133,6 @@ def prepare_tiny_data(data_dir: Path, seed: int = 0) -> list[Path]:
     return written
 
 
-def load_problems(path: Path) -> list[tuple[str, str]]:
-    """(prompt text, ground truth) pairs from a tiny parquet file."""
-    frame = pd.read_parquet(path)
-    return [(p[0]["content"], rm["ground_truth"]) for p, rm in zip(frame.prompt, frame.reward_model)]
-
-
 # ------------------------------------------------------------------------------------------ tokenizer
 
 
@@ -230,8 +224,8 @@ def warm_start(model, tokenizer, problems: list[Problem], spec: TinyModelSpec, l
     for step in range(spec.warmup_steps):
         ids, labels = [], []
         for i in gen.sample(range(len(problems)), spec.warmup_batch):
-            # The coin only when both forms are in play, so that an all-worked warm start draws the batches it
-            # always drew (the same base model as before the forms existed).
+            # The coin only when both forms are in play: an all-worked warm start draws no coins, so its batches
+            # (and its model) are those of a task with one form.
             worked = spec.worked_share >= 1.0 or (spec.worked_share > 0.0 and gen.random() < spec.worked_share)
             response = targets["worked" if worked else "direct"][i]
             ids.append(prompts[i] + response)

@@ -146,7 +146,7 @@ def test_study_report_command(tmp_path, capsys):
     text = out.read_text()
     assert "2 methods (fipo, dapo) x 3 seeds (1, 2, 3)" in text and "| fipo | 2 |" in text
     assert "FIPO's responses grow longer than DAPO's" in text and "| reproduced |" in text
-    assert "lets length move (issue 13: a method changes it by 30 % or more): yes" in text
+    assert "lets length move (a method changes it by 30 % or more): yes" in text
 
     missing = tmp_path / "nowhere"
     assert main(["study-report", *args[:2], "--run", f"dapo:1={missing}", "--out", str(tmp_path / "x.md")]) == 2

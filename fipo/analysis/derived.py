@@ -16,8 +16,6 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-POLICY_KL = "actor/ppo_kl"
-DUAL_CLIP_FRACTION = "actor/pg_clipfrac_lower"
 POLICY_CLIP_FRACTION = "actor/pg_clipfrac"
 LENGTH_WEIGHTED_ADVANTAGE = "critic/advantages/mean"
 ENTROPY = "actor/entropy"
@@ -26,7 +24,6 @@ TRAINING_REWARD = "critic/score/mean"
 MEAN_RESPONSE_LENGTH = "response_length/mean"
 MIN_RESPONSE_LENGTH = "response_length/min"
 INFLUENCE_WEIGHT_MEAN = "actor/influence_weights_mean"
-INFLUENCE_WEIGHT_CLIP_FRACTION = "actor/IW_overall_clip_ratio"
 EVICTED_GROUPS = "training/filter_groups/evicted_samples"  # verl counts groups (prompt uids), not responses
 SURPLUS_GROUPS = "training/filter_groups/discarded_surplus_samples"
 

@@ -28,8 +28,6 @@ TABLE1 = {
     "dapo": {"aime2024": {"avg": 50.0, "cons": 60.0, "pass": 80.0}, "aime2025": {"avg": 38.0, "cons": 47.0, "pass": 63.0}},
     "fipo": {"aime2024": {"avg": 56.0, "cons": 73.0, "pass": 83.0}, "aime2025": {"avg": 43.0, "cons": 50.0, "pass": 67.0}},
 }
-TABLE1_FIPO_PEAK_AIME24 = 58.0
-TABLE1_MEAN_RESPONSE_LENGTH = {"dapo": 4000, "fipo": 10000}  # "≈ 4,000 (plateau)" vs "> 10,000"
 
 # Tables 4-6 (Qwen2.5-7B-Math, peak Avg@32): (row label, experiment, AIME24, AIME25)
 TABLE4 = [("GRPO", "grpo", 22.0, 18.0), ("DAPO", "dapo", 36.0, 18.0), ("FIPO", "fipo", 40.0, 19.0)]

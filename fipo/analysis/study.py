@@ -220,7 +220,7 @@ def render_report(measures: Mapping[str, Mapping[int, RunMeasures]], window: int
               for name, by_seed in measures.items()}
     lines += ["", "Relative length growth, across-seed mean: " +
               "; ".join(f"{name} {g.describe(2)}" for name, g in growth.items()) + ".",
-              f"The task lets length move (issue 13: a method changes it by 30 % or more): "
+              f"The task lets length move (a method changes it by 30 % or more): "
               f"{'yes' if max(abs(g.mean) for g in growth.values()) >= 0.30 else 'no'}.",
               "", "## Claims", "", format_markdown(results, len(seeds)), "",
               "Intervals resample training seeds (a Student t interval of the across-seed mean); the tests pair "

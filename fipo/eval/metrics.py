@@ -28,8 +28,8 @@ Intervals (95 %), two kinds, each named in the summary (``intervals``):
   (fractional x through the incomplete beta function). For 0/1 scores (Cons, Pass@n) it is the exact
   binomial interval: coverage >= 95 % at every rate. Fractional scores have variance <= p (1 - p), the
   binomial one, and it is conservative for them in simulation (coverage >= 0.96; tests/test_eval_metrics.py). It
-  never collapses to a point: with all 30 problems solved it is [88.4, 100]. (The percentile bootstrap over
-  problems it replaces collapsed to [100, 100] then: 0-58 % coverage for Pass@32 near 100 %; Wilson's score
+  never collapses to a point: with all 30 problems solved it is [88.4, 100]. (A percentile bootstrap over
+  problems collapses to [100, 100] there: 0-58 % coverage for Pass@32 near 100 %; Wilson's score
   interval dips to ~0.87 coverage there.) On 30 AIME problems it is about ±19 points at 50 %.
 * ``avg@n_rerun_ci95``: over *samples within the fixed problems*: the noise of a rerun (another seed) on the
   same problems. Per problem the variance of its Avg is q (1 - q) / n; q is estimated shrunk as
@@ -198,15 +198,6 @@ def clopper_pearson(mean, count, level: float = LEVEL):
     low = np.where(x <= 0, 0.0, beta_quantile(alpha / 2, np.maximum(x, 1e-12), count - x + 1))
     high = np.where(x >= count, 1.0, beta_quantile(1 - alpha / 2, x + 1, np.maximum(count - x, 1e-12)))
     return low, high
-
-
-def wilson_interval(mean, count, level: float = LEVEL):
-    """Wilson score interval; not used for the summaries (its coverage dips to ~0.87 near 100 % on 30
-    problems, see the module doc), kept for comparison."""
-    p, m, z = np.asarray(mean, dtype=float), np.asarray(count, dtype=float), _z(level)
-    centre = (p + z * z / (2 * m)) / (1 + z * z / m)
-    half = z / (1 + z * z / m) * np.sqrt(p * (1 - p) / m + z * z / (4 * m * m))
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
 
 
 def rerun_interval(correct, level: float = LEVEL):

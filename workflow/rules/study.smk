@@ -1,4 +1,4 @@
-# The laptop-scale study (issue 13): the study's experiments at each of its seeds (train jobs of runs
+# The laptop-scale study: the study's experiments at each of its seeds (train jobs of runs
 # <experiment>@study-seed<N>, trained with study.overrides: longer than the figures' runs), then `fipo study-report`:
 # the paper's claims, each with its across-seed interval, paired test and verdict. `snakemake --cores all study`.
 
