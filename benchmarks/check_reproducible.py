@@ -14,7 +14,12 @@ nothing (the mechanisms have unit tests in tests/test_verl_cpu.py).
 
 ``--inputs DIR`` keeps the tiny data and base model between invocations (built there when missing).
 
-The last line is machine-readable: SUMMARY same_steps=<steps equal in every run> steps=<N>
+Each step also says whether every metric verl logged (losses, entropy, grad norm, rewards, lengths...) is the same
+bits in both runs, timing and the rollout engine's own log-prob diagnostics aside (their largest difference is
+printed at the end).
+
+The last line is machine-readable: SUMMARY same_steps=<steps whose batches are equal in every run> steps=<N>
+same_metric_steps=<steps, validation-only ones included, whose metrics are the same bits>
 first_difference=<step or none> final_accuracy=<each run's, comma-separated>.
 """
 
@@ -47,8 +52,27 @@ def accuracy(data: dict) -> float | None:
     return next((value for key, value in data.items() if validation_accuracy_match(key)), None)
 
 
-def compare(run_a: Path, run_b: Path) -> list[tuple[int, bool, int, int, float | None, float | None]]:
-    """Per step: (step, same prompts, pairs in common, pairs in a, validation accuracy of a, of b)."""
+# Metrics that measure time, not what was computed.
+TIMING = ("timing_s/", "timing_per_token_ms/", "perf/", "actor/perf/")
+# The rollout engine's own log-probs of its samples, against the actor's (verl's mismatch diagnostics): they
+# feed no update here (no rollout correction, no bypass), and their last bits depend on the shape of the
+# generation batch a response was sampled in.
+ROLLOUT_DIAGNOSTICS = ("rollout_corr/", "training/rollout_")
+
+
+def metric_differences(a: dict, b: dict) -> tuple[list[str], float]:
+    """The metrics of one step that are not the same bits in two runs (timing and the rollout diagnostics
+    aside), and the largest absolute difference among the rollout diagnostics."""
+    keys = set(a) | set(b)
+    differing = sorted(k for k in keys if not k.startswith(TIMING + ROLLOUT_DIAGNOSTICS) and a.get(k) != b.get(k))
+    gaps = [abs(a[k] - b[k]) for k in keys if k.startswith(ROLLOUT_DIAGNOSTICS)
+            and isinstance(a.get(k), (int, float)) and isinstance(b.get(k), (int, float))]
+    return differing, max(gaps, default=0.0)
+
+
+def compare(run_a: Path, run_b: Path) -> list[tuple]:
+    """Per step: (step, same prompts, pairs in common, pairs in a, validation accuracy of a, of b, metrics that
+    differ, largest rollout-diagnostic difference)."""
     dumps_a, dumps_b = dump_files(run_a / "rollouts"), dump_files(run_b / "rollouts")
     steps_a, steps_b = read_steps(run_a / "metrics.jsonl"), read_steps(run_b / "metrics.jsonl")
     rows = []
@@ -56,8 +80,9 @@ def compare(run_a: Path, run_b: Path) -> list[tuple[int, bool, int, int, float |
         a = batch(dumps_a[step]) if step in dumps_a else Counter()
         b = batch(dumps_b[step]) if step in dumps_b else Counter()
         prompts_a, prompts_b = Counter(p for p, _ in a.elements()), Counter(p for p, _ in b.elements())
+        differing, gap = metric_differences(steps_a.get(step, {}), steps_b.get(step, {}))
         rows.append((step, prompts_a == prompts_b, sum((a & b).values()), sum(a.values()),
-                     accuracy(steps_a.get(step, {})), accuracy(steps_b.get(step, {}))))
+                     accuracy(steps_a.get(step, {})), accuracy(steps_b.get(step, {})), differing, gap))
     return rows
 
 
@@ -103,24 +128,33 @@ def main() -> None:
     print(f"tiny/{runs[0].name} trained {args.repeats} times, {args.steps} steps, {how}"
           f"{f', beside {args.hog} busy processes' if args.hog else ''} ({elapsed:.0f} s; runs under {folder})")
     equal_everywhere: dict[int, bool] = {}
+    same_metrics: dict[int, bool] = {}
     first_difference = None
+    largest_gap = 0.0
     for other in range(1, args.repeats):
         print(f"run 0 against run {other}:")
-        for step, same_prompts, common, total, acc_a, acc_b in compare(runs[0], runs[other]):
+        for step, same_prompts, common, total, acc_a, acc_b, differing, gap in compare(runs[0], runs[other]):
             equal = total > 0 and same_prompts and common == total
             if total:
                 equal_everywhere[step] = equal_everywhere.get(step, True) and equal
+            same_metrics[step] = same_metrics.get(step, True) and not differing
+            largest_gap = max(largest_gap, gap)
             if total and not equal and (first_difference is None or step < first_difference):
                 first_difference = step
             shown = "" if acc_a is None and acc_b is None else f"   validation accuracy {acc_a} / {acc_b}"
             pairs = f"prompts {'same' if same_prompts else 'differ'}, {common}/{total} (prompt, response) pairs shared"
-            print(f"  step {step:3d}: {pairs if total else 'no batch (validation only)'}{shown}")
+            metrics = (f"; metrics the same bits" if not differing else
+                       f"; {len(differing)} metrics differ ({', '.join(differing[:3])}{', ...' if len(differing) > 3 else ''})")
+            print(f"  step {step:3d}: {pairs if total else 'no batch (validation only)'}{metrics}{shown}")
     finals = [final_accuracy(run) for run in runs]
     known = [f for f in finals if f is not None]
     if len(known) >= 2:
         print(f"final validation accuracy: {', '.join(f'{f:.4f}' for f in known)}; range {max(known) - min(known):.4f}, "
               f"sd {statistics.stdev(known):.4f} over {len(known)} runs of one spec and seed")
+    print(f"rollout diagnostics ({', '.join(ROLLOUT_DIAGNOSTICS)}*; no update reads them): largest difference "
+          f"{largest_gap:.3g}")
     print(f"SUMMARY same_steps={sum(equal_everywhere.values())} steps={len(equal_everywhere)} "
+          f"same_metric_steps={sum(same_metrics.values())} "
           f"first_difference={first_difference if first_difference is not None else 'none'} "
           f"final_accuracy={','.join('none' if f is None else f'{f:.4f}' for f in finals)}")
 
