@@ -19,7 +19,7 @@ from fipo.eval.models import hub_snapshot, resolve_model
 from fipo.eval.runner import ON_CHANGE
 from fipo.eval.sampling import BACKENDS
 from fipo.eval.scoring import SCORERS
-from fipo.experiment import SpecError, list_experiments, list_presets, load_experiment, with_overrides, with_seed
+from fipo.spec import SpecError, list_experiments, list_presets, load_experiment, with_overrides, with_seed
 from fipo import training
 from fipo.files import write_text_atomic
 from fipo.analysis.errors import AnalysisError
@@ -45,7 +45,7 @@ def cmd_presets(args) -> int:
 
 def cmd_train(args) -> int:
     # The overrides are applied to the spec and checked like it: what verl gets is what every rule and the
-    # fingerprint saw (fipo.experiment.with_overrides).
+    # fingerprint saw (fipo.spec.with_overrides).
     exp = with_overrides(with_seed(load_experiment(args.preset, args.experiment), args.seed, args.study),
                          args.override or [])
     # Absolute paths: Ray workers do not share the launching shell's working directory.

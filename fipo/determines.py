@@ -1,6 +1,6 @@
 """What each setting determines: the one declaration every fingerprint is derived from.
 
-Every field of the experiment spec's sections (fipo.experiment) is annotated with the pipeline stage whose result
+Every field of the experiment spec's sections (fipo.spec) is annotated with the pipeline stage whose result
 it determines, ``Annotated[int, TRAIN]``; every key of the pipeline's config (workflow/schemas/config.schema.yaml)
 says the same with ``x-determines``. The stages, in pipeline order:
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from fipo.data import SHIPPED_AIME_DIR, read_aime_jsonl
-from fipo.experiment import EvaluationSpec, Experiment, evaluation, list_experiments, load_experiment
+from fipo.spec import EvaluationSpec, Experiment, evaluation, list_experiments, load_experiment
 
 
 class PlanError(ValueError):

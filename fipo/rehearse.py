@@ -13,7 +13,7 @@ runs the experiment through ``fipo train``'s own code path (:func:`fipo.training
 - the length of the run: 2 steps, with validation and checkpoint frequencies mapped into them.
 
 Every change is a :class:`Change` (setting, preset value, rehearsal value, why), printed as a table before verl
-starts. The rehearsal's Experiment is validated by :func:`fipo.experiment.with_overrides` like any spec.
+starts. The rehearsal's Experiment is validated by :func:`fipo.spec.with_overrides` like any spec.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fipo import data as data_mod
-from fipo.experiment import (CONFIG_DIR, SECTIONS, Experiment, SpecError, list_experiments, list_presets, load_all,
+from fipo.spec import (CONFIG_DIR, SECTIONS, Experiment, SpecError, list_experiments, list_presets, load_all,
                              load_experiment, with_overrides)
 from fipo.checkpoint_steps import checkpoint_steps
 from fipo.run_folder import LOGGED_STEP_MARKER, read_steps, RunFolder
@@ -280,7 +280,7 @@ def plan(exp: Experiment, cpu: Experiment, scale: Scale) -> list[Change]:
 
 
 def apply(exp: Experiment, changes: list[Change]) -> Experiment:
-    """``exp`` with ``changes``, checked by :func:`fipo.experiment.with_overrides` like any spec with an override:
+    """``exp`` with ``changes``, checked by :func:`fipo.spec.with_overrides` like any spec with an override:
     types, ranges and every cross-key rule (mini-batch divides the batch, the overlong buffer fits the response,
     FIPO's off-policy updates...)."""
     fields: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}

@@ -275,7 +275,7 @@ def training_code(exp) -> dict[str, str]:
 
 def spec_fingerprint(exp, version: str) -> str:
     """What a run computes, from its spec alone: the settings declared to determine training
-    (fipo.determines.material(exp, TRAIN): overrides are applied to the spec before, fipo.experiment.with_overrides),
+    (fipo.determines.material(exp, TRAIN): overrides are applied to the spec before, fipo.spec.with_overrides),
     the project version, and the code and libraries that compute it. Cheap enough for the pipeline's DAG, whose
     train jobs rerun when it changes (Snakemake's params trigger; changed inputs it sees by itself). The library
     versions are those of the process that asks: Snakemake's, which is the runs' own environment unless the

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-SEED_MARK = "@seed"  # '@' is not allowed in experiment names (fipo.experiment.NAME_PATTERN): no run name is ambiguous
+SEED_MARK = "@seed"  # '@' is not allowed in experiment names (fipo.spec.NAME_PATTERN): no run name is ambiguous
 # The study's runs (workflow/rules/study.smk) train longer than the pipeline's own runs at the same seed, so they
 # are other runs with other folders: <experiment>@study-seed<N>.
 STUDY_MARK = "@study-seed"

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 from typing import Sequence
 
-from fipo.experiment import Experiment, load_experiment
+from fipo.spec import Experiment, load_experiment
 from fipo.files import write_text_atomic
 
 # table number -> (preset, the experiments it compares, column titles)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from fipo.experiment import Experiment
+from fipo.spec import Experiment
 from fipo.hydra_values import hydra_value
 from fipo.run_folder import RunFolder
 from fipo.stall_guard import Stalled, wait_while_progressing

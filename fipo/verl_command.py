@@ -15,7 +15,7 @@ from typing import Any
 
 from fipo.data import dataset_path
 from fipo.determines import NOTHING, declarations
-from fipo.experiment import SECTIONS, Experiment
+from fipo.spec import SECTIONS, Experiment
 from fipo.hydra_values import hydra_value
 from fipo.integrations.cpu_run import cpu_environment, sampler_overrides
 from fipo.run_folder import RunFolder

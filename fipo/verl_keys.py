@@ -6,7 +6,7 @@ the checked value, past every rule of the spec (the on-policy trap, save_freq >=
 fingerprint. So every rendered key is one of:
 
 - :data:`SPEC_KEYS`: written value for value from one spec key. An override of it is read as that spec key
-  (:func:`fipo.experiment.with_overrides`) and checked like it; an ``engine:`` entry is refused, naming it.
+  (:func:`fipo.spec.with_overrides`) and checked like it; an ``engine:`` entry is refused, naming it.
 - :data:`DERIVED`: computed from spec keys (a dataset's file, the seed of three generators, the FIPO knobs'
   spelling): refused, naming the spec key to set instead.
 - :data:`FIXED`: the workbench's own (where the run lies, how it resumes, the CPU sampler): refused.
@@ -74,7 +74,7 @@ SPEC_KEYS: dict[str, str] = {
     "trainer.save_freq": "trainer.save_freq",
 }
 
-# The FIPO knobs on the plugin's PolicyLossConfig (fipo.experiment.Experiment.fipo_loss_knobs) -> their spec key
+# The FIPO knobs on the plugin's PolicyLossConfig (fipo.spec.Experiment.fipo_loss_knobs) -> their spec key
 FIPO_KNOBS = {
     "tau": "fipo.tau",
     "f_clip_low": "fipo.f_clip_range",

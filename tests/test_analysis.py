@@ -11,7 +11,7 @@ import pytest
 
 from fipo.analysis import catalog, derived, evals, plotting, rollouts, runs, tokens
 from fipo.analysis.errors import AnalysisError, MalformedLogError, MissingMetricError, MissingRunError
-from fipo.experiment import SpecError, evaluation, list_experiments, load_experiment
+from fipo.spec import SpecError, evaluation, list_experiments, load_experiment
 
 
 # ------------------------------------------------------------------------------------ derived series

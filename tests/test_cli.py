@@ -105,7 +105,7 @@ def test_a_seed_names_its_own_run_and_sets_every_verl_seed():
 
 
 def test_with_seed_changes_the_seed_the_name_and_the_fingerprint():
-    from fipo.experiment import SpecError, load_experiment, with_seed
+    from fipo.spec import SpecError, load_experiment, with_seed
     from fipo.run_folder import run_folder, spec_fingerprint
     from fipo.run_names import run_name
 

@@ -14,7 +14,7 @@ import yaml
 from fipo import determines
 from fipo.determines import (CONVERT, EVALUATE, NOTHING, REPORT, SCOPE, SECTION, STAGES, TRAIN, UndeclaredSetting,
                              declarations, fingerprint, schema_declarations)
-from fipo.experiment import (CHOICES, EVAL_CHOICES, Experiment, EvaluationSpec, ReleasedSpec, evaluation,
+from fipo.spec import (CHOICES, EVAL_CHOICES, Experiment, EvaluationSpec, ReleasedSpec, evaluation,
                              load_experiment, released)
 from fipo.data import DATASETS
 from fipo.run_folder import run_provenance, spec_fingerprint

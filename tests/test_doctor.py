@@ -20,7 +20,7 @@ from fipo.doctor.estimates import (KNOWN_SHAPES, checkpoint_bytes, eval_gpu_byte
                                    training_gpu_bytes)
 from fipo.doctor.needs import kept_checkpoints
 from fipo.doctor.probe import Gpu, Package, ProbeError, RayNode, Torch
-from fipo.experiment import SpecError, evaluation, load_experiment, with_overrides
+from fipo.spec import SpecError, evaluation, load_experiment, with_overrides
 
 GIB = 1 << 30
 H100 = Gpu("NVIDIA H100 80GB HBM3", 80 * GIB)

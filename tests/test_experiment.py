@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fipo.experiment import (
+from fipo.spec import (
     CONFIG_DIR,
     FAMILY_PATTERN,
     NAME_PATTERN,
@@ -392,7 +392,7 @@ def test_allowing_on_policy_does_not_change_a_runs_fingerprint(config_copy):
 
 def test_planning_validates_every_fipo_experiment_without_importing_torch():
     """Snakemake validates every spec when it plans; torch there cost 3.5 s of each `snakemake -n`."""
-    code = ("import sys; from fipo.experiment import list_presets, load_all; from fipo.analysis import catalog; "
+    code = ("import sys; from fipo.spec import list_presets, load_all; from fipo.analysis import catalog; "
             "from fipo.run_folder import spec_fingerprint; "
             "n = sum(e.policy.loss == 'fipo' for p in list_presets() for e in load_all(p)); "
             "print(n, 'torch' in sys.modules)")

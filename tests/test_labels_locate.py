@@ -36,7 +36,7 @@ def test_labels_come_from_each_presets_spec(preset, experiments, expected):
 
 def test_a_label_follows_an_edited_spec(tmp_path, monkeypatch):
     """Not a lookup table: change the spec, the label changes."""
-    from fipo import experiment
+    from fipo import spec as experiment
 
     config = tmp_path / "config"
     os.system(f"cp -r {experiment.CONFIG_DIR} {config}")

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from fipo.analysis import catalog
-from fipo.experiment import ablations, list_experiments, list_presets
+from fipo.spec import ablations, list_experiments, list_presets
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING_METRICS = [

@@ -12,7 +12,7 @@ from fipo.doctor.checks import check_gpu_memory, report
 from fipo.doctor.estimates import KNOWN_SHAPES, training_gpu_bytes
 from fipo.doctor.needs import Needs
 from fipo.doctor.probe import Gpu
-from fipo.experiment import EvaluationSpec, evaluation, load_experiment
+from fipo.spec import EvaluationSpec, evaluation, load_experiment
 from fipo.plan import (HEADER, MODELS, PAPER_RESPONSE_LENGTHS, Assumptions, ModelFacts, PlanError, estimate,
                        event_count, model_facts, plan, problem_count, render, total)
 

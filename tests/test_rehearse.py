@@ -15,7 +15,7 @@ from test_verl_command import GPU_PRESETS, compose_overrides, hydra  # noqa: F40
 from verl.utils.config import omega_conf_to_dataclass, validate_config
 
 from fipo import rehearse
-from fipo.experiment import CONFIG_DIR, SpecError, list_experiments, load_experiment
+from fipo.spec import CONFIG_DIR, SpecError, list_experiments, load_experiment
 from fipo.rehearse import (CPU_VALUES, STEPS, TINY_CONTEXT, TINY_PROMPT_TOKENS, Scale, check_run, expected_steps,
                            frequencies, preset_scale, rehearsal_folder, render)
 from fipo.rehearse import rehearsal as build_rehearsal

@@ -13,7 +13,7 @@ from fipo.analysis.errors import MissingRunError
 from fipo.analysis.paper import TABLE1
 from fipo.analysis.released import released_eval_dir, released_table, write_released_table
 from fipo.eval.runner import summarize_records
-from fipo.experiment import CONFIG_DIR, PAPER_ROWS, SpecError, released
+from fipo.spec import CONFIG_DIR, PAPER_ROWS, SpecError, released
 
 SNAPSHOT = "/hf/hub/models--QwenPilot--FIPO_32B/snapshots/0123456789abcdef0123456789abcdef01234567"
 

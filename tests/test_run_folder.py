@@ -215,7 +215,7 @@ def test_the_trainer_child_dies_when_its_wrapper_is_killed(tmp_path):
 def test_the_spec_fingerprint_follows_every_setting_but_not_prose():
     import dataclasses
 
-    from fipo.experiment import load_experiment, with_overrides
+    from fipo.spec import load_experiment, with_overrides
     from fipo.run_folder import spec_fingerprint
 
     exp = load_experiment("tiny", "fipo")
@@ -250,7 +250,7 @@ def test_a_change_to_the_code_that_computes_a_run_changes_its_fingerprint(packag
     """The FIPO loss's code keys FIPO runs only; the CPU support's keys every CPU run; comments key none."""
     import dataclasses
 
-    from fipo.experiment import load_experiment
+    from fipo.spec import load_experiment
     from fipo.run_folder import spec_fingerprint, training_code_modules
 
     tiny_fipo, tiny_dapo = load_experiment("tiny", "fipo"), load_experiment("tiny", "dapo")
@@ -281,7 +281,7 @@ def test_a_change_to_the_code_that_computes_a_run_changes_its_fingerprint(packag
 
 def test_a_library_upgrade_changes_every_runs_fingerprint(monkeypatch, tmp_path):
     import fipo.run_folder
-    from fipo.experiment import load_experiment
+    from fipo.spec import load_experiment
     from fipo.provenance import TRAINING_LIBRARIES, library_versions
     from fipo.run_folder import run_provenance, spec_fingerprint
 

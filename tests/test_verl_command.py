@@ -13,7 +13,7 @@ from hydra.errors import ConfigCompositionException
 from verl.utils.config import omega_conf_to_dataclass, validate_config
 
 from fipo.data import dataset_path
-from fipo.experiment import list_experiments, list_presets, load_experiment
+from fipo.spec import list_experiments, list_presets, load_experiment
 from fipo.run_folder import RunFolder
 from fipo.verl_command import command_line, verl_overrides
 from fipo.hydra_values import hydra_value
@@ -223,7 +223,7 @@ def test_odd_paths_compose_into_verls_config(hydra):
 
 
 def test_portable_overrides_ignore_where_a_run_lies_but_not_what_it_computes():
-    from fipo.experiment import with_overrides
+    from fipo.spec import with_overrides
     from fipo.verl_command import portable_overrides
 
     fipo, tau8 = load_experiment("tiny", "fipo"), load_experiment("tiny", "fipo-tau8")
@@ -241,7 +241,7 @@ def test_portable_overrides_ignore_where_a_run_lies_but_not_what_it_computes():
 def test_trackers_are_selectable_and_do_not_change_a_runs_identity(tmp_path):
     import dataclasses
 
-    from fipo.experiment import load_experiment
+    from fipo.spec import load_experiment
     from fipo.run_folder import RunFolder, spec_fingerprint
     from fipo.verl_command import portable_overrides, verl_environment, verl_items
 
@@ -266,7 +266,7 @@ def test_bad_tracker_lists_are_refused_naming_the_key(tmp_path, loggers, message
 
     import yaml
 
-    from fipo.experiment import CONFIG_DIR, SpecError, load_experiment
+    from fipo.spec import CONFIG_DIR, SpecError, load_experiment
 
     config = tmp_path / "config"
     shutil.copytree(CONFIG_DIR, config)

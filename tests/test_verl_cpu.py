@@ -182,7 +182,7 @@ def test_the_values_fipo_train_hands_verl_name_this_module_and_need_no_verl_impo
     keys = cpu_run.sampler_overrides("acc", 16, None, seed=3)
     assert keys["++trainer.v1.sampler.sampler_kwargs"]["uid_seed"] == 3
     assert keys["trainer.v1.sampler.custom_sampler.path"] == f"pkg://{verl_cpu.__name__}"
-    code = ("import sys\nfrom fipo.experiment import load_experiment\nfrom fipo.verl_command import verl_overrides, "
+    code = ("import sys\nfrom fipo.spec import load_experiment\nfrom fipo.verl_command import verl_overrides, "
             "verl_environment\nfrom fipo.run_folder import run_folder\nexp = load_experiment('tiny', 'fipo')\n"
             "run = run_folder('/tmp/r', 'tiny', 'fipo')\nverl_overrides(exp, data_dir='/tmp/d', run=run, results_dir='/tmp/r')\n"
             "verl_environment(run, exp)\nprint(sorted(m for m in ('verl', 'ray', 'tensordict') if m in sys.modules))\n")

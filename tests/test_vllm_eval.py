@@ -19,7 +19,7 @@ import pytest
 
 from fipo.eval.runner import SAMPLE_KEYS, evaluate, load_benchmark
 from fipo.eval.sampling import SamplingSettings
-from fipo.experiment import evaluation
+from fipo.spec import evaluation
 from fipo.tiny import TinyModelSpec, build_tiny_base_model, prepare_tiny_data
 
 pytestmark = pytest.mark.vllm

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fipo.analysis.labels import run_labels
-from fipo.experiment import list_experiments, preset_scale
+from fipo.spec import list_experiments, preset_scale
 
 FIGURE_SUFFIXES = (".png", ".pdf")
 STUDY_REPORT = "study.md"  # <results>/<preset>/study.md: the study target's report (workflow/rules/study.smk)

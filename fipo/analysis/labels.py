@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Iterable, Sequence
 
-from fipo.experiment import flatten, load_experiment
+from fipo.spec import flatten, load_experiment
 
 METHOD_NAMES = {"dapo": "DAPO", "grpo": "GRPO", "fipo": "FIPO"}
 # Keys that never make a label: identity, bookkeeping, and settings derived from others.

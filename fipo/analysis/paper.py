@@ -3,7 +3,7 @@ and Figure 1 draws the reference lines. Values are AIME accuracies in %."""
 
 from __future__ import annotations
 
-from fipo.experiment import preset_scale
+from fipo.spec import preset_scale
 
 # The paper's evaluation benchmarks, by the dataset names of this project (fipo.data.DATASETS).
 BENCHMARK_NAMES = {"aime2024": "AIME 2024", "aime2025": "AIME 2025"}

@@ -19,7 +19,7 @@ from fipo.analysis import evals
 from fipo.analysis.errors import MalformedLogError, MissingRunError
 from fipo.analysis.paper import BENCHMARK_NAMES, TABLE1
 from fipo.analysis.plotting import save_table
-from fipo.experiment import evaluation, released, ReleasedSpec
+from fipo.spec import evaluation, released, ReleasedSpec
 from fipo.provenance import short
 
 TABLE_NAME = "released"

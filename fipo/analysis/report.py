@@ -15,7 +15,7 @@ from fipo.analysis import catalog
 from fipo.analysis.labels import plain, settings_table
 from fipo.analysis.locate import project_root
 from fipo.analysis.runs import run_folder
-from fipo.experiment import evaluation, load_experiment, preset_info
+from fipo.spec import evaluation, load_experiment, preset_info
 from fipo.provenance import digest_of, file_digest, short
 from fipo.run_folder import read_steps
 from fipo.run_names import run_name, run_seeds

@@ -17,7 +17,7 @@ from typing import Optional
 from fipo.doctor.checks import Result, run_checks
 from fipo.doctor.needs import combine, released_needs, run_eval_needs, train_needs
 from fipo.doctor.probe import SystemProbe
-from fipo.experiment import evaluation, list_experiments, load_experiment, released, with_overrides
+from fipo.spec import evaluation, list_experiments, load_experiment, released, with_overrides
 
 STAGES = ("all", "train", "eval", "released")  # all: train and evaluate the experiment(s)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from fipo.experiment import EvaluationSpec, Experiment
+from fipo.spec import EvaluationSpec, Experiment
 from fipo.plan import MODELS, Assumptions, engine_value
 
 GIB = 1 << 30

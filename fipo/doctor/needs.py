@@ -10,7 +10,7 @@ from typing import Optional
 
 from fipo.checkpoint_steps import checkpoint_steps
 from fipo.doctor import estimates
-from fipo.experiment import EvaluationSpec, Experiment, ReleasedSpec
+from fipo.spec import EvaluationSpec, Experiment, ReleasedSpec
 from fipo.run_folder import run_folder
 from fipo.verl_command import model_path
 
@@ -47,7 +47,7 @@ def _unknown_size(model: str) -> str:
 def kept_checkpoints(exp: Experiment) -> tuple[int, str]:
     """How many checkpoints a run keeps at the end (verl: one every save_freq steps, the oldest removed beyond
     trainer.max_actor_ckpt_to_keep; null keeps all), and how that count comes about. ``exp`` with the run's
-    overrides applied (fipo.experiment.with_overrides), as verl gets it."""
+    overrides applied (fipo.spec.with_overrides), as verl gets it."""
     steps, every = exp.trainer.total_training_steps, exp.trainer.save_freq
     saved = steps // every + (steps % every != 0)  # verl also saves at the last step
     keep = exp.engine.get("trainer.max_actor_ckpt_to_keep")

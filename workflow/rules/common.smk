@@ -1,5 +1,5 @@
 # Helpers shared by the rule files (config validation, the experiment spec, the file names of every step).
-# Everything about a run comes from the spec (fipo.experiment) and every figure's needs from fipo.analysis.catalog,
+# Everything about a run comes from the spec (fipo.spec) and every figure's needs from fipo.analysis.catalog,
 # so the DAG and the notebooks cannot disagree.
 import dataclasses
 import fcntl
@@ -18,7 +18,7 @@ from snakemake.utils import validate
 from fipo import data as fipo_data
 from fipo import tiny
 from fipo.analysis import catalog
-from fipo.experiment import (
+from fipo.spec import (
     SpecError,
     ablations,
     evaluation,
@@ -219,7 +219,7 @@ def one_of(names):
 
 def run_experiment(run):
     """The experiment a run trains, as verl gets it: at its seed, with its overrides applied and checked
-    (fipo.experiment.with_overrides)."""
+    (fipo.spec.with_overrides)."""
     if run not in RUN_EXPERIMENTS:
         experiment, seed, study = parse_run_name(run)
         RUN_EXPERIMENTS[run] = with_overrides(
