@@ -115,22 +115,25 @@ def test_a_response_depends_on_seed_step_prompt_and_rank_not_on_its_batch(tiny_w
     assert _sample(next_step, [a, b, a, c, a], params) != together
 
 
-def test_a_responses_log_probs_do_not_depend_on_the_prompts_it_shares_a_batch_with(server):
-    """Which requests share a generation batch depends on when they arrive. A row's logits moved by ~1e-6 with its
-    batch's padding width (now and then flipping a sampled token), so every batch is padded to the longest
-    prompt verl allows, and a response's log-probs are the same bits alone or beside a longer prompt."""
+def test_a_responses_log_probs_do_not_depend_on_how_long_the_prompts_beside_it_are(server):
+    """Which requests share a generation batch depends on when they arrive. Every batch is padded to the longest
+    prompt verl allows, so a response's log-probs are the same bits beside short prompts or longer ones (with its
+    batch's own longest prompt as the width they were not). How many rows share the batch still moves them in the
+    last bits (docs/seeds-and-study.md)."""
     tok = server.tokenizer
     short = prompt_ids(tok, "Add 3+4. End with the line Answer: N")
-    long = prompt_ids(tok, "Add 3+4+5+6+7. Show each partial sum on a line of its own. End with the line Answer: N")
-    assert len(long) > len(short) + 5
+    alike = [prompt_ids(tok, f"Add {a}+{b}. End with the line Answer: N") for a, b in [(5, 2), (6, 1)]]
+    longer = [prompt_ids(tok, f"Add {a}+{b}+{c}+{d}+{e}. End with the line Answer: N")
+              for a, b, c, d, e in [(1, 2, 3, 4, 5), (6, 7, 8, 9, 1)]]
+    assert len(longer[0]) > len(short) == len(alike[0])
     params = {"temperature": 0, "max_tokens": 12}
 
     async def run(prompts):
         return await asyncio.gather(*[server.generate(p, params, request_id=str(i)) for i, p in enumerate(prompts)])
 
-    alone = asyncio.run(run([short]))[0]
-    beside = asyncio.run(run([short, long]))[0]
-    assert alone.token_ids == beside.token_ids and alone.log_probs == beside.log_probs
+    beside_alike = asyncio.run(run([short, *alike]))[0]
+    beside_longer = asyncio.run(run([short, *longer]))[0]
+    assert beside_alike.token_ids == beside_longer.token_ids and beside_alike.log_probs == beside_longer.log_probs
 
 
 def test_top_k_one_is_greedy_and_top_p_keeps_the_most_likely_token(server):

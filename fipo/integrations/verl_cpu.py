@@ -333,9 +333,9 @@ class HFRolloutServer:
         temperature, top_p, top_k, max_new = key
         pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
-        # Every batch is left-padded to the longest prompt verl allows, not to its own longest: a row's logits
-        # moved by ~1e-6 with its padding width, which now and then flipped a sampled token, and which requests
-        # share a batch depends on when they arrive.
+        # Every batch is left-padded to the longest prompt verl allows, not to its own longest: which requests
+        # share a batch depends on when they arrive, and a row's log-probs moved in the last bits with the length
+        # of the prompts beside it. (With the number of rows they still do: ~1e-6, docs/seeds-and-study.md.)
         width = max(self.prompt_length, *map(len, prompts))
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
