@@ -15,10 +15,10 @@ from typing import Any
 
 from fipo.data import dataset_path
 from fipo.determines import NOTHING, declarations
-from fipo.spec import SECTIONS, Experiment
 from fipo.hydra_values import hydra_value
 from fipo.integrations.cpu_run import cpu_environment, sampler_overrides
 from fipo.run_folder import RunFolder
+from fipo.spec import SECTIONS, Experiment
 from fipo.verl_keys import POLICY_LOSS, SPEC_KEYS
 
 VERL_ENTRY = ("python", "-m", "verl.trainer.main_ppo")

@@ -495,7 +495,7 @@ def seed_prompt_uids(seed: int) -> None:
     trainer_base.uuid = SimpleNamespace(uuid4=lambda: uuid.UUID(int=generator.getrandbits(128), version=4))
 
 
-def _response_order(partition_id: str, keys: list[str]) -> list[tuple[int, ...]]:
+def _response_tokens(partition_id: str, keys: list[str]) -> list[tuple[int, ...]]:
     """The response tokens of each trajectory in ``keys``, as tuples (a sort key)."""
     if not keys:
         return []
@@ -569,7 +569,7 @@ class QuickPollReplayBuffer(ReplayBuffer):
     def _materialize_batch(self, partition_id: str, selected_prompt_uids: list[str], partition_snapshot: dict):
         batch = super()._materialize_batch(partition_id, selected_prompt_uids, partition_snapshot)
         position = {uid: i for i, uid in enumerate(selected_prompt_uids)}
-        responses = _response_order(partition_id, batch.keys)
+        responses = _response_tokens(partition_id, batch.keys)
         order = sorted(range(len(batch.keys)), key=lambda i: _trajectory_position(batch.keys[i], position, responses[i]))
         return dataclasses.replace(batch, keys=[batch.keys[i] for i in order], tags=[batch.tags[i] for i in order])
 

@@ -10,7 +10,9 @@ from fipo.spec.vocab import CHOICES, LOGGERS
 
 
 def validate_values(exp: Experiment, where: str, origins=None) -> None:
-    """Every value rule of ``exp``; ``origins`` (fipo.spec.loader.Origins), where known, says which layer wrote a bad value."""
+    """Every value rule of ``exp``; ``origins`` (fipo.spec.loader.Origins), where known, says which layer wrote a
+    bad value."""
+
     def need(ok: bool, key: str, message: str, *related: str) -> None:
         """``key`` is what the message is about; ``related`` the other keys of a cross-key rule."""
         require(ok, f"{where}: {key}", message, origins.note(key, *related) if origins else "")
